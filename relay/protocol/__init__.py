@@ -1,0 +1,1 @@
+"""Protocol v1: byte layout, cryptography, cookies and the replay window."""

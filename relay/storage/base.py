@@ -1,0 +1,138 @@
+"""The one interface between the protocol core and storage.
+
+The core never sees SQL. An implementation keeps the user registry (user
+id to Ed25519 and X25519 keys), one mailbox per recipient and the dedup
+records, and decides atomically what a single writer would: key conflicts,
+duplicates, unknown recipients and quotas. SQLite is the embedded
+implementation; a distributed one must give the same answers.
+
+Async methods may wait for a commit. The two synchronous methods are
+called on the hot path and must answer from memory.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.protocol.constants import AckStatus
+
+
+class StorageUnavailable(Exception):
+    """Storage cannot serve now (disk full, corrupt file, I/O error, closed).
+
+    Nothing was stored; the caller answers UNAVAILABLE and may retry later.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    max_messages: int
+    max_bytes: int
+    max_per_sender: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as the relay keeps it until its recipient acknowledges it."""
+
+    sender_id: str
+    message_id: str
+    recipient_id: str
+    payload: bytes
+    received_at_ms: int
+    expires_at_ms: int
+    trace_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """Outcome of binding a user id to its keys."""
+
+    key_conflict: bool
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A message deleted by its recipient's ACK before it expired."""
+
+    sender_id: str
+    message_id: str
+    trace_id: str
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    entries: list[StoredMessage]
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    expired_messages: int
+    purged_dedup_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    queue_size: int  # unacknowledged messages in all mailboxes, expired ones included
+    oldest_received_at_ms: int | None  # of the oldest message still waiting
+    pending_writes: int  # operations waiting for the next commit
+
+
+class Storage(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the schema and load what the hot path needs."""
+
+    async def close(self) -> None:
+        """Commit every pending write, then release the database."""
+
+    async def register_user(
+        self, user_id: str, ed25519_public: bytes, x25519_public: bytes, now_ms: int
+    ) -> Registration:
+        """Bind user_id to ed25519_public on first use, or check the binding.
+
+        With the same Ed25519 key the X25519 key is updated. With another
+        key nothing changes and key_conflict is True. Committed on return.
+        """
+
+    async def enqueue(self, message: StoredMessage) -> AckStatus:
+        """Store a message and return QUEUED once it is committed.
+
+        A repeated (sender_id, message_id) is stored once and returns the
+        first copy's state: QUEUED, DELIVERED or EXPIRED while the dedup
+        window lasts. Otherwise UNKNOWN_RECIPIENT or MAILBOX_FULL.
+        """
+
+    async def acknowledge(
+        self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
+    ) -> list[Receipt]:
+        """Delete (sender_id, message_id) pairs from recipient_id's own mailbox.
+
+        Returns the deleted messages that had not expired, whose senders get
+        a DELIVERED receipt. Pairs not in that mailbox are ignored.
+        """
+
+    async def fetch(self, recipient_id: str, now_ms: int, max_bytes: int) -> Fetched:
+        """Return the oldest unexpired messages of a mailbox, in mailbox order.
+
+        Entries are taken while their encoded sizes (see
+        codec.entry_size) add up to at most max_bytes, and the oldest is
+        always returned, even alone over the budget. remaining counts the
+        unexpired messages left out.
+        """
+
+    async def erase_user(self, user_id: str) -> None:
+        """Delete the registry entry, the mailbox and the user's dedup records."""
+
+    async def sweep(self, now_ms: int, dedup_window_ms: int) -> Sweep:
+        """Delete expired messages, recording them EXPIRED, and old dedup records."""
+
+    async def check(self) -> None:
+        """Run a real query; raise StorageUnavailable if the database fails."""
+
+    def pending_count(self, recipient_id: str, now_ms: int) -> int:
+        """Count the unexpired messages waiting for recipient_id, from memory."""
+
+    def stats(self) -> StorageStats:
+        """Summarise the mailboxes from memory."""
