@@ -1,0 +1,263 @@
+"""REGISTER: the stateless cookie round trip, then signature, binding and session.
+
+Before a source address has returned a valid cookie the relay spends one
+HMAC on it and nothing else: no public-key work and no storage write.
+"""
+
+import os
+from typing import TYPE_CHECKING
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from relay.core.handshake import CookieUse
+from relay.core.ratelimit import AddressLimiter, Rate, address_key
+from relay.core.session import Address
+from relay.protocol.codec import (
+    DecodeError,
+    Register,
+    RegisteredBody,
+    decode_register,
+    encode_registered_body,
+    pack_header,
+    register_echo,
+)
+from relay.protocol.constants import (
+    HEADER_SIZE,
+    REGISTER_SIGNED_SIZE,
+    SESSION_ID_SIZE,
+    ZERO_COOKIE,
+    ErrorCode,
+    PacketType,
+)
+from relay.protocol.crypto import (
+    derive_session_keys,
+    is_low_order_x25519,
+    register_signed_message,
+    verify_ed25519,
+    x25519,
+    x25519_public_bytes,
+)
+from relay.protocol.packets import seal_registered
+from relay.storage.base import StorageUnavailable
+
+if TYPE_CHECKING:
+    from relay.core.relay import RelayCore
+
+log = structlog.get_logger("relay.registration")
+
+
+class Registrar:
+    def __init__(self, core: "RelayCore") -> None:
+        self.core = core
+        settings = core.settings
+        self.limiter = AddressLimiter(
+            Rate.per_minute(settings.rate_register_per_ip),
+            settings.max_tracked_addresses,
+        )
+
+    # --- first steps, all synchronous ------------------------------------------
+
+    def register(self, data: bytes, address: Address, now: int) -> None:
+        core = self.core
+        core.stats.requests["register"] += 1
+        if not core.allow_unauthenticated(address, now):
+            core.stats.failed["register"] += 1
+            return
+        try:
+            register = self._decode(data)
+        except DecodeError as exc:
+            self._refuse(ErrorCode.BAD_REQUEST, str(exc), data, address, now)
+            return
+        if register.cookie == ZERO_COOKIE:
+            self._challenge(register, data, address, now)
+        else:
+            self._signed(register, data, address, now)
+
+    @staticmethod
+    def _decode(data: bytes) -> Register:
+        if data[2:4] != b"\0\0":
+            raise DecodeError("header flags must be 0")
+        if int.from_bytes(data[4:8], "big") != len(data) - HEADER_SIZE:
+            raise DecodeError("header length does not match the datagram")
+        return decode_register(data[HEADER_SIZE:])
+
+    def _refuse(
+        self, code: ErrorCode, text: str, data: bytes, address: Address, now: int
+    ) -> bytes:
+        self.core.stats.failed["register"] += 1
+        return self.core.send_error(
+            code, register_echo(data), text, address, len(data), now
+        )
+
+    def _challenge(self, register: Register, data: bytes, address: Address, now: int) -> None:
+        core = self.core
+        # A full relay spares the phone a doomed handshake, unless the phone
+        # replaces its own session, which is always allowed.
+        if core.draining or not self._has_room(register.user_id, now):
+            self._refuse(ErrorCode.OVERLOADED, "relay full, try another", data, address, now)
+            return
+        if not core.replies.allow(address_key(address[0]), now):
+            core.stats.dropped["reply_rate"] += 1
+            return
+        cookie = core.cookies.mint(
+            address, register.user_id.encode(), register.ce_public, now
+        )
+        core.send(pack_header(PacketType.CHALLENGE, len(cookie)) + cookie, address)
+        core.stats.succeeded["register"] += 1
+
+    def _signed(self, register: Register, data: bytes, address: Address, now: int) -> None:
+        core = self.core
+        user_id = register.user_id.encode()
+        if not core.cookies.check(register.cookie, address, user_id, register.ce_public, now):
+            core.stats.auth_failures += 1
+            self._refuse(ErrorCode.FORBIDDEN, "invalid or expired cookie", data, address, now)
+            return
+        signed_prefix = data[HEADER_SIZE : HEADER_SIZE + REGISTER_SIGNED_SIZE]
+        use = core.ledger.get(register.cookie)
+        if use is not None:
+            self._repeat(use, register, signed_prefix, data, address, now)
+            return
+        key = address_key(address[0])
+        if not self.limiter.allow(key, now):
+            core.stats.rate_limited["register"] += 1
+            retry = f"retry_after_ms={self.limiter.retry_after_ms(key)}"
+            self._refuse(ErrorCode.RATE_LIMITED, retry, data, address, now)
+            return
+        if core.draining:
+            self._refuse(ErrorCode.OVERLOADED, "relay draining", data, address, now)
+            return
+        refusal = self._check_keys(register, data)
+        if refusal:
+            core.stats.auth_failures += 1
+            self._refuse(ErrorCode.FORBIDDEN, refusal, data, address, now)
+            return
+        if not self._has_room(register.user_id, now):
+            self._refuse(ErrorCode.OVERLOADED, "relay full, try another", data, address, now)
+            return
+        expires_at = int.from_bytes(register.cookie[:8], "big")
+        use = core.ledger.claim(register.cookie, signed_prefix, expires_at)
+        if use is None:
+            self._refuse(ErrorCode.OVERLOADED, "relay busy, try another", data, address, now)
+            return
+        core.spawn(self._complete(register, use, data, address))
+
+    def _repeat(
+        self,
+        use: CookieUse,
+        register: Register,
+        signed_prefix: bytes,
+        data: bytes,
+        address: Address,
+        now: int,
+    ) -> None:
+        """Answer a REGISTER whose cookie was already used.
+
+        A retry of the same REGISTER (its REGISTERED or ERROR was lost) gets
+        the identical datagram again; one still being processed gets silence;
+        anything else is FORBIDDEN.
+        """
+        core = self.core
+        same = use.signed_prefix == signed_prefix and verify_ed25519(
+            register.ed25519_public,
+            register.signature,
+            register_signed_message(core.relay_public, data),
+        )
+        if same and use.reply is None:
+            core.stats.dropped["register_in_progress"] += 1
+            return
+        if same and self._reply_still_valid(use, now):
+            core.send(use.reply, address)
+            core.stats.succeeded["register"] += 1
+            return
+        core.stats.auth_failures += 1
+        self._refuse(ErrorCode.FORBIDDEN, "cookie already used", data, address, now)
+
+    def _reply_still_valid(self, use: CookieUse, now: int) -> bool:
+        if use.session_id is None:
+            return True  # the attempt ended in an ERROR, which repeats as is
+        return self.core.sessions.live(use.session_id, now) is not None
+
+    def _check_keys(self, register: Register, data: bytes) -> str:
+        """Return why the keys or signature are refused, or "" when they pass."""
+        core = self.core
+        message = register_signed_message(core.relay_public, data)
+        if not verify_ed25519(register.ed25519_public, register.signature, message):
+            core.stats.invalid_signatures += 1
+            return "invalid signature"
+        if is_low_order_x25519(register.x25519_public) or is_low_order_x25519(
+            register.ce_public
+        ):
+            return "low-order X25519 key"
+        return ""
+
+    def _has_room(self, user_id: str, now: int) -> bool:
+        """Tell whether a session may be made: always when replacing the user's own."""
+        sessions = self.core.sessions
+        if len(sessions) < self.core.settings.max_connections:
+            return True
+        return sessions.of_user(user_id, now) is not None
+
+    # --- completion, after the registry has answered -----------------------------
+
+    async def _complete(
+        self, register: Register, use: CookieUse, data: bytes, address: Address
+    ) -> None:
+        core = self.core
+        try:
+            outcome = await core.storage.register_user(
+                register.user_id,
+                register.ed25519_public,
+                register.x25519_public,
+                core.clock(),
+            )
+        except StorageUnavailable:
+            core.ledger.release(register.cookie)
+            raise
+        now = core.clock()
+        if outcome.key_conflict:
+            log.info("key_conflict", user_id=register.user_id)
+            core.stats.auth_failures += 1
+            refusal = (ErrorCode.KEY_CONFLICT, "user id bound to another key")
+        elif core.draining or not self._has_room(register.user_id, now):
+            refusal = (ErrorCode.OVERLOADED, "relay full, try another")
+        else:
+            session_id, use.reply = self._open_session(
+                register, address, outcome.pending, now
+            )
+            use.session_id = session_id
+            core.send(use.reply, address)
+            return
+        use.reply = self._refuse(*refusal, data, address, now)
+        if not use.reply:
+            # Nothing went out, so a retry must be decided afresh.
+            core.ledger.release(register.cookie)
+
+    def _open_session(
+        self, register: Register, address: Address, pending: int, now: int
+    ) -> tuple[bytes, bytes]:
+        """Create the session; return its id and its REGISTERED datagram."""
+        core = self.core
+        relay_ephemeral = X25519PrivateKey.generate()
+        re_public = x25519_public_bytes(relay_ephemeral)
+        dh1 = x25519(core.relay_key, register.ce_public)
+        dh2 = x25519(relay_ephemeral, register.ce_public)
+        session_id = self._fresh_session_id()
+        keys = derive_session_keys(dh1, dh2, register.cookie, session_id)
+        session = core.new_session(session_id, register.user_id, address, keys, now)
+        body = encode_registered_body(
+            RegisteredBody(now, core.settings.session_timeout_s, pending)
+        )
+        core.stats.registrations += 1
+        core.stats.succeeded["register"] += 1
+        log.debug("session_opened", user_id=register.user_id, pending=pending)
+        datagram = seal_registered(session.outbound, session_id, re_public, 1, body)
+        return session_id, datagram
+
+    def _fresh_session_id(self) -> bytes:
+        sessions = self.core.sessions
+        while True:
+            session_id = os.urandom(SESSION_ID_SIZE)
+            if session_id not in sessions.by_id and session_id not in sessions.ended:
+                return session_id
+

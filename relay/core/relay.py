@@ -1,0 +1,445 @@
+"""The relay's decisions, without sockets: datagrams in, datagrams out.
+
+`RelayCore.datagram_received` takes one datagram, its source address and
+reads the clock; it answers through the `send` callable it was given and
+hands storage work to the `Storage` interface, finishing that work in tasks.
+The UDP endpoint only moves bytes, so tests drive the core directly on a
+fake clock.
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from relay.config import Settings
+from relay.core.handshake import CookieLedger
+from relay.core.messaging import Messaging
+from relay.core.ratelimit import AddressLimiter, Rate, TokenBucket, address_key
+from relay.core.registration import Registrar
+from relay.core.session import Address, EndedSession, Session, SessionTable, UserBuckets
+from relay.core.stats import RelayStats
+from relay.protocol.codec import (
+    DecodeError,
+    Pong,
+    decode_ping,
+    decode_unregister,
+    encode_draining,
+    encode_error_datagram,
+    encode_pong,
+    encode_session_error,
+    encode_unregister,
+)
+from relay.protocol.constants import (
+    CLIENT_SESSION_OVERHEAD,
+    ECHO_SIZE,
+    HEADER_SIZE,
+    PATH_NONCE_SIZE,
+    RELAY_ONLY_TYPES,
+    UNREGISTER_ERASE,
+    VERSION,
+    ErrorCode,
+    PacketType,
+)
+from relay.protocol.cookie import CookieJar, derive_cookie_key
+from relay.protocol.crypto import new_aead, x25519_public_bytes
+from relay.protocol.packets import (
+    PacketRejected,
+    client_packet_ids,
+    open_client_packet,
+    relay_packet_size,
+    seal_relay_packet,
+)
+from relay.storage.base import Storage, StorageUnavailable
+
+Send = Callable[[bytes, Address], None]
+log = structlog.get_logger("relay.core")
+
+TYPE_NAMES = {int(t): t.name.lower() for t in PacketType}
+_SESSION_MIN_SIZE = HEADER_SIZE + CLIENT_SESSION_OVERHEAD
+_NO_FLAGS = b"\0\0"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class UserRates:
+    """The per-user limits, shared by every session."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.message = Rate.per_minute(settings.rate_message_per_user)
+        self.poll = Rate.per_minute(settings.rate_poll_per_user)
+        self.ack = Rate.per_minute(settings.rate_ack_per_user)
+        self.ping = Rate.per_minute(settings.rate_ping_per_user)
+
+    def new_buckets(self, now_ms: int) -> UserBuckets:
+        return UserBuckets(
+            TokenBucket(self.message, now_ms),
+            TokenBucket(self.poll, now_ms),
+            TokenBucket(self.ack, now_ms),
+            TokenBucket(self.ping, now_ms),
+        )
+
+
+class RelayCore:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        relay_key: X25519PrivateKey,
+        send: Send,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.relay_key = relay_key
+        self.relay_public = x25519_public_bytes(relay_key)
+        self.send = send
+        self.clock = clock
+        self.stats = RelayStats()
+        self.draining = False
+        self.rates = UserRates(settings)
+
+        self.cookies = CookieJar(
+            derive_cookie_key(relay_key.private_bytes_raw()),
+            settings.cookie_lifetime_s * 1000,
+        )
+        # Each cookie stays in the ledger for its 30 s life: room for every
+        # session to register twice in that time, plus slack for tests and
+        # tiny relays.
+        self.ledger = CookieLedger(2 * settings.max_connections + 1024)
+        self.sessions = SessionTable(
+            settings.session_timeout_s * 1000,
+            settings.unregister_linger_s * 1000,
+            max_ended=settings.max_connections,
+        )
+        tracked = settings.max_tracked_addresses
+        self.unauthenticated = AddressLimiter(
+            Rate.per_minute(settings.rate_unauthenticated_per_ip), tracked
+        )
+        self.replies = AddressLimiter(
+            Rate.per_second(settings.replies_per_address_per_s), tracked
+        )
+        self.registrar = Registrar(self)
+        self.messaging = Messaging(self)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._session_handlers = {
+            PacketType.PING: self._ping,
+            PacketType.MESSAGE: self.messaging.message,
+            PacketType.ACK: self.messaging.ack,
+            PacketType.POLL: self.messaging.poll,
+            PacketType.UNREGISTER: self._unregister,
+        }
+
+    # --- entry points -------------------------------------------------------
+
+    def datagram_received(self, data: bytes, address: Address) -> None:
+        now = self.clock()
+        if len(data) < HEADER_SIZE:
+            self.drop("invalid", "short")
+            return
+        packet_type = data[1]
+        # Silence for relay-only types in any version, so relays never answer
+        # each other.
+        if packet_type in RELAY_ONLY_TYPES:
+            self.drop("invalid", "relay_only_type")
+            return
+        if data[0] != VERSION:
+            self._unsupported_version(data, address, now)
+            return
+        if packet_type == PacketType.REGISTER:
+            self.registrar.register(data, address, now)
+        elif packet_type in self._session_handlers:
+            self._session_packet(data, address, now)
+        else:
+            self.drop("invalid", "unknown_type")
+
+    def tick(self) -> None:
+        """Expire sessions, cookies and idle rate-limit entries; call about once a second."""
+        now = self.clock()
+        timed_out = self.sessions.sweep(now)
+        self.stats.sessions_timed_out += len(timed_out)
+        for session in timed_out:
+            log.debug("session_timed_out", user_id=session.user_id)
+        self.ledger.sweep(now)
+        self.unauthenticated.sweep(now)
+        self.replies.sweep(now)
+        self.registrar.limiter.sweep(now)
+
+    def drain(self) -> int:
+        """Tell every live session to go elsewhere and refuse new work.
+
+        Returns how many sessions were told.
+        """
+        self.draining = True
+        body = encode_draining(self.settings.drain_retry_after_ms)
+        sessions = list(self.sessions.by_id.values())
+        for session in sessions:
+            self.send_session(session, PacketType.DRAINING, body, exempt=True)
+        return len(sessions)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for storage work in flight; return False if some is still running."""
+        pending = set(self._tasks)
+        if not pending:
+            return True
+        _, still_running = await asyncio.wait(pending, timeout=timeout_s)
+        return not still_running
+
+    # --- helpers used by the handlers ----------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except StorageUnavailable as exc:
+            self.stats.storage_errors += 1
+            log.warning("storage_unavailable", error=str(exc))
+        except Exception:
+            log.exception("request_failed")
+
+    def drop(self, type_name: str, reason: str) -> None:
+        self.stats.requests[type_name] += 1
+        self.stats.failed[type_name] += 1
+        self.stats.dropped[reason] += 1
+
+    def allow_unauthenticated(self, address: Address, now_ms: int) -> bool:
+        if self.unauthenticated.allow(address_key(address[0]), now_ms):
+            return True
+        self.stats.flood_drops += 1
+        self.stats.rate_limited["unauthenticated"] += 1
+        return False
+
+    def send_error(
+        self,
+        code: ErrorCode,
+        echo: bytes,
+        text: str,
+        address: Address,
+        received_size: int,
+        now_ms: int,
+    ) -> bytes:
+        """Send a plain ERROR no larger than the datagram it answers.
+
+        Returns the datagram sent, or b"" when the reply limit or the size
+        rule kept it back.
+        """
+        if not self.replies.allow(address_key(address[0]), now_ms):
+            self.stats.dropped["reply_rate"] += 1
+            return b""
+        datagram = encode_error_datagram(code, echo, text, received_size)
+        if datagram:
+            self.send(datagram, address)
+        else:
+            self.stats.dropped["error_too_large"] += 1
+        return datagram
+
+    def send_session(
+        self, session: Session, packet_type: int, body: bytes, exempt: bool = False
+    ) -> bool:
+        """Seal and send a packet on a session, within an unvalidated path's budget.
+
+        exempt skips the budget (DRAINING only). Returns False when the
+        packet did not fit and was not sent.
+        """
+        if session.path_nonce is not None and not exempt:
+            size = relay_packet_size(len(body))
+            if size > session.path_budget:
+                self.stats.dropped["path_budget"] += 1
+                return False
+            session.path_budget -= size
+        datagram = seal_relay_packet(
+            session.outbound, packet_type, session.next_counter(), body
+        )
+        self.send(datagram, session.address)
+        return True
+
+    def new_session(
+        self, session_id: bytes, user_id: str, address: Address, keys: tuple, now_ms: int
+    ) -> Session:
+        """Create a session, replacing the user's previous one without notice."""
+        previous = self.sessions.by_user.get(user_id)
+        buckets = previous.buckets if previous else self.rates.new_buckets(now_ms)
+        k_c2s, k_s2c = keys
+        session = Session(
+            session_id, user_id, address, new_aead(k_c2s), new_aead(k_s2c), buckets, now_ms
+        )
+        self.sessions.add(session)
+        return session
+
+    # --- session packets -------------------------------------------------------
+
+    def _session_packet(self, data: bytes, address: Address, now: int) -> None:
+        type_name = TYPE_NAMES[data[1]]
+        if (
+            len(data) < _SESSION_MIN_SIZE
+            or data[2:4] != _NO_FLAGS
+            or int.from_bytes(data[4:8], "big") != len(data) - HEADER_SIZE
+        ):
+            self.drop(type_name, "bad_header")
+            return
+        session_id, counter = client_packet_ids(data)
+        session = self.sessions.live(session_id, now)
+        if session is None:
+            self._unknown_session(data, address, now, session_id, type_name)
+            return
+        body = self._accept(session, data, counter, type_name)
+        if body is None:
+            return
+        session.last_seen_ms = now
+        self._follow_address(session, address, counter, len(data))
+        self.stats.requests[type_name] += 1
+        try:
+            self._session_handlers[data[1]](session, body, address, now)
+        except DecodeError as exc:
+            self.stats.failed[type_name] += 1
+            log.debug("malformed_body", user_id=session.user_id, error=str(exc))
+            error = encode_session_error(ErrorCode.BAD_REQUEST, str(exc))
+            self.send_session(session, PacketType.SESSION_ERROR, error)
+
+    def _accept(
+        self, session: Session, data: bytes, counter: int, type_name: str
+    ) -> bytes | None:
+        """Verify the tag and the replay window; return the body or None."""
+        if not session.window.check(counter):
+            self.drop(type_name, "replayed")
+            return None
+        try:
+            body = open_client_packet(session.inbound, data, counter)
+        except PacketRejected:
+            self.drop(type_name, "bad_tag")
+            self.stats.auth_failures += 1
+            return None
+        session.window.accept(counter)
+        return body
+
+    def _follow_address(
+        self, session: Session, address: Address, counter: int, size: int
+    ) -> None:
+        """Move the session when its newest packet comes from a new address."""
+        if address == session.address:
+            if session.path_nonce is not None:
+                session.path_budget += size
+            return
+        # Only the newest packet moves the session: a late packet from an old
+        # address must not drag replies back there.
+        if counter != session.window.highest:
+            return
+        session.address = address
+        session.path_nonce = os.urandom(PATH_NONCE_SIZE)
+        session.path_budget = size
+        log.debug("session_moved", user_id=session.user_id)
+        self.send_session(session, PacketType.PATH_CHALLENGE, session.path_nonce)
+
+    def _unknown_session(
+        self, data: bytes, address: Address, now: int, session_id: bytes, type_name: str
+    ) -> None:
+        ended = self.sessions.ended.get(session_id)
+        if ended is not None:
+            self._ended_session_packet(ended, data, address, type_name)
+            return
+        self.drop(type_name, "unknown_session")
+        if not self.allow_unauthenticated(address, now):
+            return
+        echo = data[HEADER_SIZE : HEADER_SIZE + ECHO_SIZE]
+        self.send_error(
+            ErrorCode.UNKNOWN_SESSION, echo, "register again", address, len(data), now
+        )
+
+    def _ended_session_packet(
+        self, ended: EndedSession, data: bytes, address: Address, type_name: str
+    ) -> None:
+        """Answer a packet on a session ended by UNREGISTER, at its source address."""
+        session = ended.session
+        _, counter = client_packet_ids(data)
+        body = self._accept(session, data, counter, type_name)
+        if body is None:
+            return
+        self.stats.requests[type_name] += 1
+        reply = self._ended_session_reply(ended, data[1], body)
+        datagram = seal_relay_packet(
+            session.outbound, reply[0], session.next_counter(), reply[1]
+        )
+        # Never more bytes than came in: this address was not validated.
+        if len(datagram) <= len(data):
+            self.send(datagram, address)
+
+    def _ended_session_reply(
+        self, ended: EndedSession, packet_type: int, body: bytes
+    ) -> tuple[int, bytes]:
+        if packet_type == PacketType.UNREGISTER:
+            try:
+                flags = decode_unregister(body)
+            except DecodeError:
+                flags = None
+            if flags == ended.flags:
+                return PacketType.UNREGISTERED, encode_unregister(flags)
+        error = encode_session_error(ErrorCode.UNKNOWN_SESSION, "session ended")
+        return PacketType.SESSION_ERROR, error
+
+    def _unsupported_version(self, data: bytes, address: Address, now: int) -> None:
+        self.drop("invalid", "unsupported_version")
+        if self.allow_unauthenticated(address, now):
+            self.send_error(
+                ErrorCode.UNSUPPORTED,
+                bytes(ECHO_SIZE),
+                "this relay speaks version 1",
+                address,
+                len(data),
+                now,
+            )
+
+    # --- PING and UNREGISTER ------------------------------------------------------
+
+    def _ping(self, session: Session, body: bytes, address: Address, now: int) -> None:
+        echo = decode_ping(body)
+        if session.path_nonce is not None and address == session.address:
+            if echo == session.path_nonce:
+                session.path_nonce = None
+                session.path_budget = 0
+                log.debug("path_validated", user_id=session.user_id)
+            else:
+                self.send_session(
+                    session, PacketType.PATH_CHALLENGE, session.path_nonce
+                )
+        if not session.buckets.ping.take(self.rates.ping, now):
+            self.stats.rate_limited["ping"] += 1
+            self.stats.failed["ping"] += 1
+            return
+        pending = self.storage.pending_count(session.user_id, now)
+        self.send_session(session, PacketType.PONG, encode_pong(Pong(now, pending)))
+        self.stats.succeeded["ping"] += 1
+
+    def _unregister(
+        self, session: Session, body: bytes, address: Address, now: int
+    ) -> None:
+        flags = decode_unregister(body)
+        if session.closing:
+            return  # an erase is in flight; its UNREGISTERED answers this retry too
+        if flags & UNREGISTER_ERASE:
+            session.closing = True
+            self.spawn(self._erase(session, flags))
+            return
+        self._end_session(session, flags, now)
+
+    async def _erase(self, session: Session, flags: int) -> None:
+        try:
+            await self.storage.erase_user(session.user_id)
+        finally:
+            session.closing = False
+        log.info("user_erased", user_id=session.user_id)
+        self._end_session(session, flags, self.clock())
+
+    def _end_session(self, session: Session, flags: int, now: int) -> None:
+        self.sessions.end(session, flags, now)
+        self.send_session(session, PacketType.UNREGISTERED, encode_unregister(flags))
+        self.stats.succeeded["unregister"] += 1

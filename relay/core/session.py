@@ -1,0 +1,165 @@
+"""Live sessions, the sessions that recently ended, and their lookup tables."""
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from relay.core.ratelimit import TokenBucket
+from relay.protocol.replay import ReplayWindow
+
+Address = tuple[str, int]
+
+
+class UserBuckets:
+    """A user's rate-limit buckets, carried over when the user registers again."""
+
+    __slots__ = ("ack", "message", "ping", "poll")
+
+    def __init__(
+        self,
+        message: TokenBucket,
+        poll: TokenBucket,
+        ack: TokenBucket,
+        ping: TokenBucket,
+    ) -> None:
+        self.message = message
+        self.poll = poll
+        self.ack = ack
+        self.ping = ping
+
+
+class Session:
+    """One registered phone: its keys, counters, address and liveness.
+
+    `address` is where replies go. After a move to a new address it is
+    unvalidated until a PING echoes `path_nonce`; meanwhile `path_budget`
+    is how many more bytes the relay may send there.
+    """
+
+    __slots__ = (
+        "address",
+        "buckets",
+        "closing",
+        "inbound",
+        "last_seen_ms",
+        "outbound",
+        "path_budget",
+        "path_nonce",
+        "send_counter",
+        "session_id",
+        "user_id",
+        "window",
+    )
+
+    def __init__(
+        self,
+        session_id: bytes,
+        user_id: str,
+        address: Address,
+        inbound: ChaCha20Poly1305,
+        outbound: ChaCha20Poly1305,
+        buckets: UserBuckets,
+        now_ms: int,
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.address = address
+        self.inbound = inbound
+        self.outbound = outbound
+        self.buckets = buckets
+        self.window = ReplayWindow()
+        self.send_counter = 1  # REGISTERED is packet 1
+        self.last_seen_ms = now_ms
+        self.path_nonce: bytes | None = None
+        self.path_budget = 0
+        self.closing = False
+
+    @property
+    def validated(self) -> bool:
+        return self.path_nonce is None
+
+    def next_counter(self) -> int:
+        self.send_counter += 1
+        return self.send_counter
+
+
+class EndedSession:
+    """A session ended by UNREGISTER, kept so that a retried UNREGISTER is answered."""
+
+    __slots__ = ("ended_at_ms", "flags", "session")
+
+    def __init__(self, session: Session, flags: int, now_ms: int) -> None:
+        self.session = session
+        self.flags = flags
+        self.ended_at_ms = now_ms
+
+
+class SessionTable:
+    """Live sessions by session id and by user, plus recently ended ones."""
+
+    def __init__(self, timeout_ms: int, linger_ms: int, max_ended: int) -> None:
+        self.timeout_ms = timeout_ms
+        self.linger_ms = linger_ms
+        self.max_ended = max_ended
+        self.by_id: dict[bytes, Session] = {}
+        self.by_user: dict[str, Session] = {}
+        self.ended: dict[bytes, EndedSession] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def add(self, session: Session) -> Session | None:
+        """Add a session and return the one it replaces for the same user, if any."""
+        old = self.by_user.get(session.user_id)
+        if old is not None:
+            del self.by_id[old.session_id]
+        self.by_id[session.session_id] = session
+        self.by_user[session.user_id] = session
+        return old
+
+    def live(self, session_id: bytes, now_ms: int) -> Session | None:
+        """Return the session if it exists and has not timed out."""
+        session = self.by_id.get(session_id)
+        if session is not None and now_ms - session.last_seen_ms > self.timeout_ms:
+            self.remove(session)
+            return None
+        return session
+
+    def of_user(self, user_id: str, now_ms: int) -> Session | None:
+        session = self.by_user.get(user_id)
+        if session is None:
+            return None
+        return self.live(session.session_id, now_ms)
+
+    def remove(self, session: Session) -> None:
+        if self.by_id.get(session.session_id) is session:
+            del self.by_id[session.session_id]
+        if self.by_user.get(session.user_id) is session:
+            del self.by_user[session.user_id]
+
+    def end(self, session: Session, flags: int, now_ms: int) -> None:
+        """Remove a session after UNREGISTER and keep its keys for the linger time."""
+        self.remove(session)
+        if len(self.ended) >= self.max_ended:
+            # Dicts keep insertion order, so the first entry ended longest ago.
+            del self.ended[next(iter(self.ended))]
+        self.ended[session.session_id] = EndedSession(session, flags, now_ms)
+
+    def sweep(self, now_ms: int) -> list[Session]:
+        """Drop sessions past their timeout and lingering ones past theirs.
+
+        Returns the sessions that timed out.
+        """
+        timed_out = [
+            session
+            for session in self.by_id.values()
+            if now_ms - session.last_seen_ms > self.timeout_ms
+        ]
+        for session in timed_out:
+            self.remove(session)
+        gone = [
+            session_id
+            for session_id, ended in self.ended.items()
+            if now_ms - ended.ended_at_ms > self.linger_ms
+        ]
+        for session_id in gone:
+            del self.ended[session_id]
+        return timed_out

@@ -1,0 +1,242 @@
+"""Prometheus metrics, built at scrape time from the core's plain counters.
+
+Counters follow Prometheus naming and end in _total: the monitoring plan's
+relay_requests_success is exposed as relay_requests_success_total, and so
+on (docs/operations.md lists every name).
+"""
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+
+from relay.ops.process import CpuSampler, resident_memory_bytes
+
+if TYPE_CHECKING:
+    from relay.core.relay import RelayCore
+    from relay.storage.base import Storage
+
+RATE_WINDOW_S = 60
+
+
+class WindowedRates:
+    """Per-second rates of a few counters over the last minute.
+
+    `sample` is called about once a second; the rates compare the newest
+    sample with the oldest one kept.
+    """
+
+    def __init__(self, core: "RelayCore") -> None:
+        self.core = core
+        self._samples: deque[tuple[float, int, int, int]] = deque()
+
+    def sample(self) -> None:
+        stats = self.core.stats
+        total = sum(stats.requests.values())
+        failed = sum(stats.failed.values())
+        now = time.monotonic()
+        self._samples.append((now, stats.registrations, total, failed))
+        while self._samples and now - self._samples[0][0] > RATE_WINDOW_S:
+            self._samples.popleft()
+
+    def _delta(self) -> tuple[float, int, int, int]:
+        if len(self._samples) < 2:
+            return 0.0, 0, 0, 0
+        first, last = self._samples[0], self._samples[-1]
+        return (
+            last[0] - first[0],
+            last[1] - first[1],
+            last[2] - first[2],
+            last[3] - first[3],
+        )
+
+    def registrations_per_second(self) -> float:
+        elapsed, registrations, _, _ = self._delta()
+        return registrations / elapsed if elapsed else 0.0
+
+    def error_ratio(self) -> float:
+        _, _, total, failed = self._delta()
+        return failed / total if total else 0.0
+
+
+def _labelled_counter(
+    name: str, documentation: str, label: str, values: dict[str, int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(values.items()):
+        family.add_metric([value], count)
+    return family
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class RelayCollector:
+    """Collects the relay's metrics from the core, the storage and the process."""
+
+    def __init__(
+        self,
+        core: "RelayCore",
+        storage: "Storage",
+        rates: WindowedRates,
+        started_monotonic: float,
+    ) -> None:
+        self.core = core
+        self.storage = storage
+        self.rates = rates
+        self.started = started_monotonic
+        self.cpu = CpuSampler()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._requests()
+        yield from self._security()
+        yield from self._capacity()
+        yield from self._process()
+
+    def _requests(self) -> Iterator[Metric]:
+        stats = self.core.stats
+        yield _labelled_counter(
+            "relay_requests", "Datagrams received, by packet type.", "type", stats.requests
+        )
+        yield _labelled_counter(
+            "relay_requests_success",
+            "Datagrams accepted and served, by packet type.",
+            "type",
+            stats.succeeded,
+        )
+        yield _labelled_counter(
+            "relay_requests_failed",
+            "Datagrams dropped or refused, by packet type.",
+            "type",
+            stats.failed,
+        )
+        yield _labelled_counter(
+            "relay_dropped_datagrams",
+            "Datagrams dropped without an answer, by reason.",
+            "reason",
+            stats.dropped,
+        )
+        yield _labelled_counter(
+            "relay_message_acks",
+            "MESSAGE_ACK statuses sent to senders.",
+            "status",
+            stats.message_outcomes,
+        )
+        histogram = HistogramMetricFamily(
+            "relay_request_duration_seconds",
+            "Time from a datagram's arrival to its answer, by packet type.",
+            labels=["type"],
+        )
+        for type_name, observed in sorted(stats.latency.items()):
+            histogram.add_metric([type_name], observed.cumulative(), observed.sum)
+        yield histogram
+        yield _gauge(
+            "relay_error_rate",
+            "Share of datagrams dropped or refused over the last minute (0 to 1).",
+            self.rates.error_ratio(),
+        )
+        yield _counter("relay_pushes", "Messages pushed to online recipients.", stats.pushes)
+        yield _counter(
+            "relay_storage_errors", "Storage operations that failed.", stats.storage_errors
+        )
+
+    def _security(self) -> Iterator[Metric]:
+        stats = self.core.stats
+        yield _counter(
+            "auth_failures",
+            "Bad cookies, signatures, tags and key conflicts.",
+            stats.auth_failures,
+        )
+        yield _counter(
+            "invalid_signatures",
+            "REGISTER signatures that failed strict Ed25519 verification.",
+            stats.invalid_signatures,
+        )
+        yield _labelled_counter(
+            "rate_limit_exceeded",
+            "Requests over a rate limit, by limit.",
+            "limit",
+            stats.rate_limited,
+        )
+        yield _counter(
+            "relay_ddos_attempts",
+            "Unauthenticated datagrams dropped over their per-address rate.",
+            stats.flood_drops,
+        )
+
+    def _capacity(self) -> Iterator[Metric]:
+        stats = self.core.stats
+        storage_stats = self.storage.stats()
+        yield _gauge(
+            "relay_active_connections", "Live sessions.", len(self.core.sessions)
+        )
+        yield _gauge(
+            "relay_max_connections",
+            "Configured live session limit (MAX_CONNECTIONS).",
+            self.core.settings.max_connections,
+        )
+        yield _gauge(
+            "relay_message_queue_size",
+            "Messages waiting in all mailboxes.",
+            storage_stats.queue_size,
+        )
+        yield _counter(
+            "relay_registrations", "Sessions opened by REGISTER.", stats.registrations
+        )
+        yield _gauge(
+            "relay_registration_rate",
+            "Sessions opened per second over the last minute.",
+            self.rates.registrations_per_second(),
+        )
+        yield _counter(
+            "relay_heartbeat_failures",
+            "Sessions ended because no packet arrived within the session timeout.",
+            stats.sessions_timed_out,
+        )
+        yield _counter(
+            "relay_message_ttl_violations",
+            "Messages whose TTL ran out before their recipient acknowledged them.",
+            stats.messages_expired,
+        )
+
+    def _process(self) -> Iterator[Metric]:
+        yield _gauge(
+            "relay_cpu_usage_percent",
+            "CPU used by the relay process, percent of one core.",
+            self.cpu.sample(),
+        )
+        yield _gauge(
+            "relay_memory_usage_bytes",
+            "Resident memory of the relay process.",
+            resident_memory_bytes(),
+        )
+        yield _gauge(
+            "relay_uptime_seconds",
+            "Seconds since the relay started.",
+            time.monotonic() - self.started,
+        )
+
+
+def build_registry(collector: RelayCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

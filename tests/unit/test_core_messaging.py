@@ -1,0 +1,178 @@
+"""MESSAGE, push, ACK, POLL and receipts on the socket-free core."""
+
+import uuid
+
+from relay.client.events import (
+    EntryPushed,
+    MessageAckReceived,
+    PollResponseReceived,
+    PongReceived,
+)
+from relay.protocol.constants import AckStatus
+
+
+def statuses(events) -> list[AckStatus]:
+    return [e.status for e in events if isinstance(e, MessageAckReceived)]
+
+
+async def registered(relay, count: int):
+    phones = [relay.phone() for _ in range(count)]
+    for phone in phones:
+        await phone.register()
+    return phones
+
+
+async def test_online_recipient_gets_push_and_sender_receipt(relay):
+    alice, bob = await registered(relay, 2)
+    events = await alice.exchange(alice.message(bob, b"sealed"))
+    assert statuses(events) == [AckStatus.QUEUED]
+    (push,) = bob.events()
+    assert isinstance(push, EntryPushed)
+    assert push.entry.sender_id == alice.user_id
+    assert push.entry.payload == b"sealed"
+    assert push.entry.received_at_ms == relay.clock()
+    await bob.exchange(bob.session.ack([(alice.user_id, push.entry.message_id)]))
+    assert statuses(alice.events()) == [AckStatus.DELIVERED]
+
+
+async def test_offline_messages_polled_in_order(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    payloads = [f"m{i}".encode() for i in range(5)]
+    for payload in payloads:
+        assert statuses(await alice.exchange(alice.message(bob, payload))) == [
+            AckStatus.QUEUED
+        ]
+    established = await bob.register()
+    assert established.pending == 5
+    (response,) = await bob.exchange(bob.session.poll())
+    assert isinstance(response, PollResponseReceived)
+    assert [e.payload for e in response.response.entries] == payloads
+    assert response.response.remaining == 0
+
+
+async def test_poll_budget_splits_and_counts_remaining(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    for _ in range(4):
+        await alice.exchange(alice.message(bob, b"x" * 100))
+    await bob.register()
+    # 38 bytes of framing and 184 bytes an entry: two entries fill 406 bytes.
+    (response,) = await bob.exchange(bob.session.poll(405))
+    assert len(response.response.entries) == 1
+    assert response.response.remaining == 3
+    (response,) = await bob.exchange(bob.session.poll(406))
+    assert len(response.response.entries) == 2
+    assert response.response.remaining == 2
+
+
+async def test_oldest_sent_alone_when_over_budget(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    await alice.exchange(alice.message(bob, b"y" * 3000))
+    await alice.exchange(alice.message(bob, b"z"))
+    await bob.register()
+    (response,) = await bob.exchange(bob.session.poll(0))
+    assert [len(e.payload) for e in response.response.entries] == [3000]
+    assert response.response.remaining == 1
+
+
+async def test_duplicate_stored_once(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    message_id = str(uuid.uuid4())
+    for _ in range(3):
+        events = await alice.exchange(alice.message(bob, b"once", message_id=message_id))
+        assert statuses(events) == [AckStatus.QUEUED]
+    await bob.register()
+    (response,) = await bob.exchange(bob.session.poll())
+    assert len(response.response.entries) == 1
+
+
+async def test_duplicate_after_delivery_answered_delivered(relay):
+    alice, bob = await registered(relay, 2)
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id))
+    (push,) = bob.events()
+    await bob.exchange(bob.session.ack([(alice.user_id, message_id)]))
+    alice.events()
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.DELIVERED]
+    assert bob.events() == []
+
+
+async def test_unknown_recipient(relay):
+    (alice,) = await registered(relay, 1)
+    events = await alice.exchange(alice.message(str(uuid.uuid4())))
+    assert statuses(events) == [AckStatus.UNKNOWN_RECIPIENT]
+
+
+async def test_too_large(make_relay):
+    relay = await make_relay(max_payload_bytes=1000)
+    alice, bob = await registered(relay, 2)
+    events = await alice.exchange(alice.message(bob, b"x" * 1001))
+    assert statuses(events) == [AckStatus.TOO_LARGE]
+    assert bob.events() == []
+
+
+async def test_mailbox_full_per_sender(make_relay):
+    relay = await make_relay(mailbox_max_per_sender=2)
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    results = [statuses(await alice.exchange(alice.message(bob)))[0] for _ in range(3)]
+    assert results == [AckStatus.QUEUED, AckStatus.QUEUED, AckStatus.MAILBOX_FULL]
+
+
+async def test_message_rate_limited(make_relay):
+    relay = await make_relay(rate_message_per_user=2)
+    alice, bob = await registered(relay, 2)
+    results = [statuses(await alice.exchange(alice.message(bob)))[0] for _ in range(3)]
+    assert results[2] == AckStatus.RATE_LIMITED
+    relay.clock.advance(30)
+    assert statuses(await alice.exchange(alice.message(bob))) == [AckStatus.QUEUED]
+
+
+async def test_ttl_expiry_hides_and_answers_expired(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id, ttl_s=60))
+    relay.clock.advance(61)
+    established = await bob.register()
+    assert established.pending == 0
+    (response,) = await bob.exchange(bob.session.poll())
+    assert response.response.entries == []
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.EXPIRED]
+
+
+async def test_ack_of_other_mailbox_deletes_nothing(relay):
+    alice, bob, mallory = await registered(relay, 3)
+    await bob.exchange(bob.session.unregister())
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id))
+    await mallory.exchange(mallory.session.ack([(alice.user_id, message_id)]))
+    assert statuses(alice.events()) == []
+    await bob.register()
+    (response,) = await bob.exchange(bob.session.poll())
+    assert [e.message_id for e in response.response.entries] == [message_id]
+
+
+async def test_pong_announces_pending(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    await alice.exchange(alice.message(bob))
+    await bob.register()
+    (pong,) = await bob.exchange(bob.session.ping())
+    assert isinstance(pong, PongReceived)
+    assert pong.pending == 1
+
+
+async def test_large_message_not_pushed(relay):
+    alice, bob = await registered(relay, 2)
+    # 116 bytes of framing plus 1,085 bytes of payload is one byte over 1,200.
+    await alice.exchange(alice.message(bob, b"x" * 1085))
+    assert bob.events() == []
+    await alice.exchange(alice.message(bob, b"x" * 1084))
+    (push,) = bob.events()
+    assert len(push.entry.payload) == 1084
