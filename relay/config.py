@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     rate_poll_per_user: int = _int(300, 1, 10_000_000, "POLLs a minute")
     rate_ack_per_user: int = _int(300, 1, 10_000_000, "ACKs a minute")
     rate_ping_per_user: int = _int(6, 1, 10_000_000, "PINGs a minute")
-    replies_per_address_per_s: int = _int(10, 1, 1_000_000, "unauthenticated replies")
+    replies_per_address_per_s: int = _int(100, 1, 1_000_000, "plain replies a second")
 
     # --- memory caps ---
     max_tracked_addresses: int = _int(100_000, 100, 10_000_000, "rate-limit entries")

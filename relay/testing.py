@@ -106,17 +106,19 @@ class RelayProcess:
 
     def kill(self) -> None:
         """SIGKILL: the crash the relay must survive without losing data."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
-        if self._reader is not None:
-            self._reader.join(5)
+        self.wait(10)
 
     def wait(self, timeout_s: float) -> int:
         assert self.process is not None
         code = self.process.wait(timeout_s)
         if self._reader is not None:
             self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return code
 
     @property

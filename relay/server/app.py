@@ -80,7 +80,7 @@ class RelayServer:
         self.rates = WindowedRates(self.core)
         collector = RelayCollector(self.core, self.storage, self.rates, self.started)
         self.ops = OpsState(self.core, self.storage, build_registry(collector), self.started)
-        self.http = self._start_http(http_socket)
+        self.http = await self._start_http(http_socket)
         self._tasks.append(asyncio.create_task(self._tick_forever()))
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
         self.udp_port = udp_socket.getsockname()[1]
@@ -90,7 +90,7 @@ class RelayServer:
     def _datagram_received(self, data: bytes, address: tuple[str, int]) -> None:
         self.core.datagram_received(data, address)
 
-    def _start_http(self, sock: socket.socket) -> _EmbeddedUvicorn:
+    async def _start_http(self, sock: socket.socket) -> _EmbeddedUvicorn:
         config = uvicorn.Config(
             create_app(self.ops),
             log_config=None,
@@ -100,6 +100,12 @@ class RelayServer:
         )
         server = _EmbeddedUvicorn(config)
         self.http_task = asyncio.create_task(server.serve(sockets=[sock]))
+        # relay_started must mean both ports answer, so wait for uvicorn.
+        while not server.started:
+            if self.http_task.done():
+                self.http_task.result()
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
         return server
 
     def _log_started(self, key_created: bool) -> None:
