@@ -12,7 +12,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from relay.protocol.codec import HEADER, pack_header
+from relay.protocol.codec import pack_header
 from relay.protocol.constants import (
     CLIENT_SESSION_OVERHEAD,
     COUNTER_SIZE,
@@ -21,7 +21,6 @@ from relay.protocol.constants import (
     RELAY_SESSION_OVERHEAD,
     SESSION_ID_SIZE,
     TAG_SIZE,
-    VERSION,
     PacketType,
 )
 from relay.protocol.crypto import nonce_for
@@ -36,10 +35,6 @@ class PacketRejected(ValueError):
     """A session packet whose tag does not verify."""
 
 
-def _header(packet_type: int, payload_length: int) -> bytes:
-    return HEADER.pack(VERSION, packet_type, 0, payload_length)
-
-
 def seal_client_packet(
     aead: ChaCha20Poly1305,
     packet_type: int,
@@ -49,7 +44,7 @@ def seal_client_packet(
 ) -> bytes:
     counter_bytes = _COUNTER.pack(counter)
     length = CLIENT_SESSION_OVERHEAD + len(body)
-    associated = _header(packet_type, length) + session_id + counter_bytes
+    associated = pack_header(packet_type, length) + session_id + counter_bytes
     return associated + aead.encrypt(nonce_for(counter), body, associated)
 
 
@@ -76,7 +71,7 @@ def seal_relay_packet(
     aead: ChaCha20Poly1305, packet_type: int, counter: int, body: bytes
 ) -> bytes:
     length = RELAY_SESSION_OVERHEAD + len(body)
-    associated = _header(packet_type, length) + _COUNTER.pack(counter)
+    associated = pack_header(packet_type, length) + _COUNTER.pack(counter)
     return associated + aead.encrypt(nonce_for(counter), body, associated)
 
 

@@ -29,7 +29,10 @@ class ReplayWindow:
         highest = self.highest
         if counter > highest:
             shift = counter - highest
-            self.seen = ((self.seen << shift) | 1) & _WINDOW_MASK if shift < WINDOW_SIZE else 1
+            if shift < WINDOW_SIZE:
+                self.seen = ((self.seen << shift) | 1) & _WINDOW_MASK
+            else:
+                self.seen = 1
             self.highest = counter
             return True
         offset = highest - counter

@@ -101,7 +101,8 @@ class Storage(Protocol):
 
         A repeated (sender_id, message_id) is stored once and returns the
         first copy's state: QUEUED, DELIVERED or EXPIRED while the dedup
-        window lasts. Otherwise UNKNOWN_RECIPIENT or MAILBOX_FULL.
+        window lasts. Otherwise UNKNOWN_RECIPIENT or MAILBOX_FULL. Quotas
+        count every stored message, expired ones too until sweep deletes them.
         """
 
     async def acknowledge(

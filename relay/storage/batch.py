@@ -1,0 +1,369 @@
+"""SQL of one group-commit batch, run inside the transaction the writer opened.
+
+Each step is set-based: one statement, or one executemany, covers every
+operation of its kind in the batch, so the round trips to the database
+thread do not grow with the batch size. The exception is a step that needs
+more bound variables than one statement of the SQLite library accepts
+(250,000 in Debian 12's build, 32,766 by default since SQLite 3.32). Such
+a step is split into as few statements as that limit allows.
+
+The writer is the only writer of the file, so a select followed by a write
+in the same transaction decides atomically.
+"""
+
+from collections.abc import Iterator, Sequence
+
+import aiosqlite
+
+from relay.protocol.constants import AckStatus
+from relay.storage.base import Quotas, Receipt, StoredMessage, Sweep
+from relay.storage.mailbox_index import SUMMARY_COLUMNS, MailboxIndex, MessageSummary
+from relay.storage.operations import (
+    AcknowledgeMessages,
+    EnqueueMessage,
+    EraseUser,
+    RegisterUser,
+    SweepExpired,
+    WriteOperation,
+)
+from relay.storage.quota import QuotaCheck
+
+_UPSERT_USER = """
+INSERT INTO users (user_id, ed25519_public, x25519_public, registered_at_ms,
+                   updated_at_ms)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (user_id) DO UPDATE
+SET x25519_public = excluded.x25519_public, updated_at_ms = excluded.updated_at_ms
+WHERE users.ed25519_public = excluded.ed25519_public
+"""
+
+_INSERT_MESSAGE = """
+INSERT INTO mailbox_messages (recipient_id, sender_id, message_id, received_at_ms,
+                              expires_at_ms, payload, trace_id)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+# Lookup result of a message without a result row: new, to a registered user.
+_NEW_MESSAGE = (None, None, True)
+
+# Per (sender_id, message_id, recipient_id) of the batch: the stored copy's
+# expiry, the dedup record's status and whether the recipient is registered.
+# Only rows with news come back (a duplicate or an unknown recipient), so the
+# common case of a new message to a known user costs no result row.
+_LOOK_UP_MESSAGES = """
+WITH batch (sender_id, message_id, recipient_id) AS (VALUES {rows})
+SELECT b.sender_id, b.message_id, m.expires_at_ms, d.status, u.user_id IS NOT NULL
+FROM batch AS b
+LEFT JOIN mailbox_messages AS m
+    ON m.sender_id = b.sender_id AND m.message_id = b.message_id
+LEFT JOIN dedup_records AS d
+    ON d.sender_id = b.sender_id AND d.message_id = b.message_id
+LEFT JOIN users AS u ON u.user_id = b.recipient_id
+WHERE m.expires_at_ms IS NOT NULL OR d.status IS NOT NULL OR u.user_id IS NULL
+"""
+
+_DELETE_ACKNOWLEDGED = f"""
+WITH batch (recipient_id, sender_id, message_id) AS (VALUES {{rows}})
+DELETE FROM mailbox_messages
+WHERE seq IN (
+    SELECT m.seq FROM batch AS b
+    JOIN mailbox_messages AS m
+        ON m.sender_id = b.sender_id AND m.message_id = b.message_id
+        AND m.recipient_id = b.recipient_id
+)
+RETURNING message_id, trace_id, {SUMMARY_COLUMNS}
+"""
+
+_RECORD_OUTCOME = """
+INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
+VALUES (?, ?, ?, ?)
+"""
+
+_RECORD_EXPIRED = """
+INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
+SELECT sender_id, message_id, ?, ? FROM mailbox_messages WHERE expires_at_ms <= ?
+"""
+
+_DELETE_EXPIRED = f"""
+DELETE FROM mailbox_messages WHERE expires_at_ms <= ? RETURNING {SUMMARY_COLUMNS}
+"""
+
+_PURGE_DEDUP_RECORDS = "DELETE FROM dedup_records WHERE recorded_at_ms < ?"
+
+# The two AckStatus values that dedup_records.status stores, as plain integers.
+_STATUS_DELIVERED = int(AckStatus.DELIVERED)
+_STATUS_EXPIRED = int(AckStatus.EXPIRED)
+
+
+class IndexChanges:
+    """Changes a batch made to the mailboxes, applied to the index after commit."""
+
+    def __init__(self) -> None:
+        self.added: list[MessageSummary] = []
+        self.removed: list[MessageSummary] = []
+        self.dropped: list[str] = []
+
+    def apply(self, index: MailboxIndex) -> None:
+        # Same order as the batch: enqueues come before acknowledgements and
+        # sweeps, and an erasure is alone in its batch.
+        for message in self.added:
+            index.add(message)
+        for message in self.removed:
+            index.remove(message)
+        for recipient_id in self.dropped:
+            index.drop(recipient_id)
+
+
+class BatchTransaction:
+    """The statements of one batch, run inside the transaction the writer opened."""
+
+    def __init__(
+        self,
+        connection: aiosqlite.Connection,
+        index: MailboxIndex,
+        quotas: Quotas,
+        max_variables: int,
+    ) -> None:
+        self._db = connection
+        self._index = index
+        self._quotas = quotas
+        self._max_variables = max_variables
+        self.changes = IndexChanges()
+
+    async def run(self, operations: Sequence[WriteOperation]) -> None:
+        """Run the operations and fill in their outcomes, without committing.
+
+        Registrations run first, so that a message to a user registering in
+        the same batch finds that user. Enqueues follow, then
+        acknowledgements, sweeps and erasures.
+        """
+        registrations, enqueues, acknowledgements, sweeps, erasures = _by_kind(
+            operations
+        )
+        if registrations:
+            await self._register(registrations)
+        if enqueues:
+            await self._enqueue(enqueues)
+        if acknowledgements:
+            await self._acknowledge(acknowledgements)
+        for sweep in sweeps:
+            await self._sweep(sweep)
+        for erasure in erasures:
+            await self._erase(erasure)
+
+    # --- registrations ---------------------------------------------------------------
+
+    async def _register(self, operations: list[RegisterUser]) -> None:
+        user_ids = list(dict.fromkeys(op.user_id for op in operations))
+        bound = await self._bound_keys(user_ids)
+        rows: dict[str, tuple] = {}
+        for op in operations:
+            key = bound.setdefault(op.user_id, op.ed25519_public)
+            if key != op.ed25519_public:
+                op.key_conflict = True
+                continue
+            # A user registering twice in one batch keeps the first time.
+            earlier = rows.get(op.user_id)
+            registered_at_ms = op.now_ms if earlier is None else earlier[3]
+            rows[op.user_id] = (
+                op.user_id,
+                op.ed25519_public,
+                op.x25519_public,
+                registered_at_ms,
+                op.now_ms,
+            )
+        if rows:
+            await self._db.executemany(_UPSERT_USER, list(rows.values()))
+
+    async def _bound_keys(self, user_ids: list[str]) -> dict[str, bytes]:
+        """Return the Ed25519 key of each of these users already registered."""
+        bound = {}
+        for chunk in _chunks(user_ids, self._rows_per_statement(1)):
+            sql = (
+                "SELECT user_id, ed25519_public FROM users "
+                f"WHERE user_id IN (VALUES {_placeholders(len(chunk), 1)})"
+            )
+            for user_id, key in await self._db.execute_fetchall(sql, chunk):
+                bound[user_id] = key
+        return bound
+
+    # --- enqueues --------------------------------------------------------------------
+
+    async def _enqueue(self, operations: list[EnqueueMessage]) -> None:
+        # The first copy of a (sender_id, message_id) decides; later copies
+        # in the same batch get its status.
+        firsts: dict[tuple[str, str], EnqueueMessage] = {}
+        copies: list[tuple[EnqueueMessage, EnqueueMessage]] = []
+        for op in operations:
+            key = (op.message.sender_id, op.message.message_id)
+            first = firsts.setdefault(key, op)
+            if first is not op:
+                copies.append((op, first))
+
+        found = await self._look_up([op.message for op in firsts.values()])
+        quota = QuotaCheck(self._index, self._quotas)
+        rows = []
+        for key, op in firsts.items():
+            stored_expiry, recorded_status, recipient_known = found.get(
+                key, _NEW_MESSAGE
+            )
+            op.status = _duplicate_status(op.message, stored_expiry, recorded_status)
+            if op.status is not None:
+                continue
+            if not recipient_known:
+                op.status = AckStatus.UNKNOWN_RECIPIENT
+            elif not quota.admit(op.message):
+                op.status = AckStatus.MAILBOX_FULL
+            else:
+                op.status = AckStatus.QUEUED
+                rows.append(_message_row(op.message))
+                self.changes.added.append(_summary(op.message))
+        for copy, first in copies:
+            copy.status = first.status
+        if rows:
+            await self._db.executemany(_INSERT_MESSAGE, rows)
+
+    async def _look_up(
+        self, messages: list[StoredMessage]
+    ) -> dict[tuple[str, str], tuple[int | None, int | None, bool]]:
+        """Return what the database has of each duplicate or unknown recipient.
+
+        Maps (sender_id, message_id) to (stored expiry, dedup status,
+        recipient registered). Messages absent from the result are new and
+        go to registered users.
+        """
+        found = {}
+        triples = [(m.sender_id, m.message_id, m.recipient_id) for m in messages]
+        for chunk in _chunks(triples, self._rows_per_statement(3)):
+            sql = _LOOK_UP_MESSAGES.format(rows=_placeholders(len(chunk), 3))
+            rows = await self._db.execute_fetchall(sql, _flatten(chunk))
+            for sender_id, message_id, expiry, status, recipient_known in rows:
+                found[sender_id, message_id] = (expiry, status, bool(recipient_known))
+        return found
+
+    # --- acknowledgements ------------------------------------------------------------
+
+    async def _acknowledge(self, operations: list[AcknowledgeMessages]) -> None:
+        named = dict.fromkeys(
+            (op.recipient_id, sender_id, message_id)
+            for op in operations
+            for sender_id, message_id in op.keys
+        )
+        deleted = await self._delete_acknowledged(list(named))
+        records = []
+        # Operations in batch order, so the first ACK naming a message gets it.
+        for op in operations:
+            for sender_id, message_id in op.keys:
+                row = deleted.pop((op.recipient_id, sender_id, message_id), None)
+                if row is None:
+                    continue
+                summary, trace_id = row
+                self.changes.removed.append(summary)
+                if summary.expires_at_ms <= op.now_ms:
+                    records.append((sender_id, message_id, _STATUS_EXPIRED, op.now_ms))
+                    continue
+                records.append((sender_id, message_id, _STATUS_DELIVERED, op.now_ms))
+                op.receipts.append(
+                    Receipt(sender_id, message_id, trace_id, summary.received_at_ms)
+                )
+        if records:
+            await self._db.executemany(_RECORD_OUTCOME, records)
+
+    async def _delete_acknowledged(
+        self, triples: list[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], tuple[MessageSummary, str]]:
+        """Delete the named messages from their recipients' mailboxes.
+
+        Returns, per (recipient_id, sender_id, message_id) deleted, the
+        message's summary and trace id.
+        """
+        deleted = {}
+        for chunk in _chunks(triples, self._rows_per_statement(3)):
+            sql = _DELETE_ACKNOWLEDGED.format(rows=_placeholders(len(chunk), 3))
+            for message_id, trace_id, *columns in await self._db.execute_fetchall(
+                sql, _flatten(chunk)
+            ):
+                summary = MessageSummary._make(columns)
+                key = (summary.recipient_id, summary.sender_id, message_id)
+                deleted[key] = (summary, trace_id)
+        return deleted
+
+    # --- sweeps and erasures ---------------------------------------------------------
+
+    async def _sweep(self, op: SweepExpired) -> None:
+        cutoff_ms = op.now_ms - op.dedup_window_ms
+        purge = await self._db.execute(_PURGE_DEDUP_RECORDS, (cutoff_ms,))
+        await self._db.execute(_RECORD_EXPIRED, (_STATUS_EXPIRED, op.now_ms, op.now_ms))
+        rows = await self._db.execute_fetchall(_DELETE_EXPIRED, (op.now_ms,))
+        self.changes.removed.extend(MessageSummary._make(row) for row in rows)
+        op.outcome = Sweep(
+            expired_messages=len(rows), purged_dedup_records=purge.rowcount
+        )
+
+    async def _erase(self, op: EraseUser) -> None:
+        user = (op.user_id,)
+        await self._db.execute("DELETE FROM users WHERE user_id = ?", user)
+        await self._db.execute(
+            "DELETE FROM mailbox_messages WHERE recipient_id = ?", user
+        )
+        await self._db.execute("DELETE FROM dedup_records WHERE sender_id = ?", user)
+        self.changes.dropped.append(op.user_id)
+
+    def _rows_per_statement(self, width: int) -> int:
+        return max(1, self._max_variables // width)
+
+
+def _by_kind(operations: Sequence[WriteOperation]) -> tuple[list, ...]:
+    kinds = (RegisterUser, EnqueueMessage, AcknowledgeMessages, SweepExpired, EraseUser)
+    groups: dict[type, list] = {kind: [] for kind in kinds}
+    for op in operations:
+        groups[type(op)].append(op)
+    return tuple(groups[kind] for kind in kinds)
+
+
+def _duplicate_status(
+    message: StoredMessage, stored_expiry: int | None, recorded_status: int | None
+) -> AckStatus | None:
+    """Return the state of an earlier copy of this message, or None if new."""
+    if stored_expiry is not None:
+        if stored_expiry <= message.received_at_ms:
+            return AckStatus.EXPIRED
+        return AckStatus.QUEUED
+    if recorded_status is not None:
+        return AckStatus(recorded_status)
+    return None
+
+
+def _message_row(message: StoredMessage) -> tuple:
+    return (
+        message.recipient_id,
+        message.sender_id,
+        message.message_id,
+        message.received_at_ms,
+        message.expires_at_ms,
+        message.payload,
+        message.trace_id,
+    )
+
+
+def _summary(message: StoredMessage) -> MessageSummary:
+    return MessageSummary(
+        message.recipient_id,
+        message.sender_id,
+        len(message.payload),
+        message.expires_at_ms,
+        message.received_at_ms,
+    )
+
+
+def _placeholders(rows: int, width: int) -> str:
+    row = "(" + ", ".join(["?"] * width) + ")"
+    return ", ".join([row] * rows)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _flatten(rows: list[tuple]) -> list:
+    return [value for row in rows for value in row]

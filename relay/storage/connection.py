@@ -1,0 +1,87 @@
+"""Open the database file: migrations first, then configured aiosqlite connections."""
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from relay.storage.migrate import migrate
+
+# RETURNING, which the batches use, arrived in SQLite 3.35.
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+# Set on every connection. Operators run the sqlite3 tool against the live
+# file (ANALYZE, VACUUM, integrity_check), so the busy timeout lets the relay
+# wait for their locks instead of failing at once.
+_PRAGMAS = """
+PRAGMA synchronous = NORMAL;
+PRAGMA cache_size = -10000;
+PRAGMA temp_store = MEMORY;
+PRAGMA mmap_size = 268435456;
+PRAGMA foreign_keys = OFF;
+"""
+
+
+# Pages the write-ahead log may reach before a commit copies it back into the
+# database file (SQLite's default is 1,000). The copy runs inside the commit
+# that crosses the limit, so a larger limit means fewer, longer copies, and
+# pages changed by many commits are copied once. On a 2-core test machine,
+# 10,000 pages (about 40 MB) raised group-commit throughput by about a quarter
+# (batches of 300 to 1,000 messages of 300 bytes), with the slowest commit
+# near 90 ms instead of 50 ms.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+def prepare_file(path: Path) -> int:
+    """Create the folder, apply migrations and return the bound-variable limit.
+
+    Blocking: the relay runs it in a worker thread before opening its
+    connections. The limit is the most `?` one statement may hold in this
+    SQLite library.
+    """
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        required = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise sqlite3.NotSupportedError(
+            f"SQLite {sqlite3.sqlite_version} is too old: the relay needs {required} "
+            "or newer"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    migrate(path)
+    probe = sqlite3.connect(":memory:")
+    try:
+        return probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        probe.close()
+
+
+async def connect(
+    path: Path, *, busy_timeout_ms: int, read_only: bool
+) -> aiosqlite.Connection:
+    """Open one connection in WAL mode and autocommit mode.
+
+    The writer issues BEGIN and COMMIT itself, so Python's implicit
+    transactions are off. A read-only connection refuses writes with
+    query_only, as a guard against mistakes. The write connection runs the
+    automatic WAL checkpoints.
+    """
+    connection = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+        mode = rows[0][0] if rows else None
+        if mode != "wal":
+            raise sqlite3.OperationalError(
+                f"cannot switch {path} to WAL journal mode (got {mode!r}); "
+                "the file system must support shared memory and file locks"
+            )
+        if read_only:
+            script = _PRAGMAS + "PRAGMA query_only = ON;"
+        else:
+            script = (
+                _PRAGMAS + f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+            )
+        await connection.executescript(script)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection

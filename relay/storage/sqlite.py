@@ -1,0 +1,387 @@
+"""The embedded storage: one SQLite file in WAL mode, reached through aiosqlite.
+
+Two connections serve the relay. The group-commit writer owns the write
+connection, and fetch and check use the read connection, which WAL lets run
+beside the writer. Each aiosqlite connection runs its SQLite calls on its
+own thread, never on the event loop. Quotas and pending counts come from the
+in-memory mailbox index that the writer keeps in step with the file.
+"""
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from relay.protocol.codec import entry_size
+from relay.protocol.constants import AckStatus
+from relay.storage.base import (
+    Fetched,
+    Quotas,
+    Receipt,
+    Registration,
+    StorageStats,
+    StorageUnavailable,
+    StoredMessage,
+    Sweep,
+)
+from relay.storage.connection import connect, prepare_file
+from relay.storage.mailbox_index import MailboxIndex
+from relay.storage.operations import (
+    AcknowledgeMessages,
+    EnqueueMessage,
+    EraseUser,
+    RegisterUser,
+    SweepExpired,
+    WriteOperation,
+)
+from relay.storage.writer import GroupCommitWriter
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+
+# codec.entry_size(n) is this fixed overhead plus n payload bytes; the fetch
+# query adds the overhead per entry to the payload lengths.
+_ENTRY_OVERHEAD = entry_size(0)
+
+# Selects a mailbox's entries, oldest first, while their encoded sizes add up
+# to at most the budget. The oldest entry is returned even when it alone is
+# over the budget. Payloads are read only for the returned entries.
+_FETCH = """
+WITH head AS (
+    SELECT seq, length(payload) AS payload_size
+    FROM mailbox_messages
+    WHERE recipient_id = :recipient_id AND expires_at_ms > :now_ms
+    ORDER BY seq
+    LIMIT :max_entries
+),
+running AS (
+    SELECT seq,
+           row_number() OVER win AS position,
+           sum(payload_size + :entry_overhead) OVER win AS used_bytes
+    FROM head
+    WINDOW win AS (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+)
+SELECT m.sender_id, m.message_id, m.payload, m.received_at_ms, m.expires_at_ms,
+       m.trace_id
+FROM running AS r
+JOIN mailbox_messages AS m ON m.seq = r.seq
+WHERE r.used_bytes <= :max_bytes OR r.position = 1
+ORDER BY r.seq
+"""
+
+# Reads a row of each table, so that a broken file or a missing table fails.
+_CHECK = """
+SELECT (SELECT user_id FROM users LIMIT 1),
+       (SELECT seq FROM mailbox_messages ORDER BY seq DESC LIMIT 1)
+"""
+
+
+class SqliteStorage:
+    """Storage in one SQLite file, with group commit for every write.
+
+    Beyond the Storage protocol it exposes figures for health reports:
+    commit_count, committed_operations, failed_batch_count,
+    commit_latencies_ms, last_error, last_error_at_ms and write_failing.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        quotas: Quotas,
+        write_batch_max: int,
+        *,
+        check_timeout_s: float = 1.0,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        max_statement_variables: int | None = None,
+    ) -> None:
+        """Describe the storage; nothing is opened before `open()`.
+
+        max_statement_variables caps the bound variables per statement
+        below the SQLite library's own limit (None keeps that limit).
+        """
+        if write_batch_max < 1:
+            raise ValueError(
+                f"write_batch_max must be at least 1, got {write_batch_max}"
+            )
+        self.path = Path(path)
+        self.quotas = quotas
+        self.write_batch_max = write_batch_max
+        self.check_timeout_s = check_timeout_s
+        self.busy_timeout_ms = busy_timeout_ms
+        self._max_statement_variables = max_statement_variables
+        self._reader: aiosqlite.Connection | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._closed = False
+        self._read_error: str | None = None
+        self._read_error_at_ms: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the schema, open both connections and load the index.
+
+        Raises StorageUnavailable when the file cannot be opened, migrated or
+        read, and the same object may try open() again later. Raises
+        MigrationError when the migration files do not fit the database.
+        """
+        if self._writer is not None:
+            raise RuntimeError("open() was already called on this storage")
+        try:
+            library_limit = await asyncio.to_thread(prepare_file, self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageUnavailable(
+                f"cannot open database {self.path}: {exc}"
+            ) from exc
+        max_variables = min(
+            library_limit, self._max_statement_variables or library_limit
+        )
+        write_connection = reader = None
+        try:
+            write_connection = await self._connect(read_only=False)
+            reader = await self._connect(read_only=True)
+            index = await MailboxIndex.load(write_connection)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            for connection in (reader, write_connection):
+                if connection is not None:
+                    await _close_quietly(connection)
+            raise StorageUnavailable(
+                f"cannot open database {self.path}: {exc}"
+            ) from exc
+        self._reader = reader
+        self._writer = GroupCommitWriter(
+            write_connection, index, self.quotas, self.write_batch_max, max_variables
+        )
+        self._writer.start()
+        log.info(
+            "storage_opened",
+            path=str(self.path),
+            messages=index.message_count,
+            mailboxes=index.mailbox_count(),
+        )
+
+    async def close(self) -> None:
+        """Refuse new work, commit everything queued, then close the file.
+
+        A final WAL checkpoint copies the log into the database file and
+        truncates it, so that a copy of the file alone is a complete backup.
+        Calling close() again does nothing.
+        """
+        writer, reader = self._writer, self._reader
+        if self._closed or writer is None or reader is None:
+            return
+        self._closed = True
+        try:
+            await writer.stop()
+            await _close_quietly(reader)
+            try:
+                await writer.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, ValueError) as exc:
+                log.warning("wal_checkpoint_failed", error=str(exc))
+            await _close_quietly(writer.connection)
+        except asyncio.CancelledError:
+            # A caller's deadline ran out. Stopping the connection threads
+            # without waiting rolls back an open transaction and lets the
+            # process exit, because aiosqlite's threads are not daemons.
+            reader.stop()
+            writer.connection.stop()
+            log.warning("storage_close_cancelled", path=str(self.path))
+            raise
+        log.info("storage_closed", path=str(self.path))
+
+    async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
+        return await connect(
+            self.path, busy_timeout_ms=self.busy_timeout_ms, read_only=read_only
+        )
+
+    # --- writes, through the group-commit writer -------------------------------------
+
+    async def register_user(
+        self, user_id: str, ed25519_public: bytes, x25519_public: bytes, now_ms: int
+    ) -> Registration:
+        operation = RegisterUser(
+            self._new_future(),
+            user_id,
+            bytes(ed25519_public),
+            bytes(x25519_public),
+            now_ms,
+        )
+        return await self._submit(operation)
+
+    async def enqueue(self, message: StoredMessage) -> AckStatus:
+        if not isinstance(message.payload, bytes):
+            raise TypeError(
+                f"payload must be bytes, got {type(message.payload).__name__}"
+            )
+        return await self._submit(EnqueueMessage(self._new_future(), message))
+
+    async def acknowledge(
+        self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
+    ) -> list[Receipt]:
+        if not keys:
+            return []
+        operation = AcknowledgeMessages(
+            self._new_future(), recipient_id, list(keys), now_ms
+        )
+        return await self._submit(operation)
+
+    async def erase_user(self, user_id: str) -> None:
+        await self._submit(EraseUser(self._new_future(), user_id))
+
+    async def sweep(self, now_ms: int, dedup_window_ms: int) -> Sweep:
+        operation = SweepExpired(self._new_future(), now_ms, dedup_window_ms)
+        return await self._submit(operation)
+
+    async def _submit(self, operation: WriteOperation) -> object:
+        writer = self._writer
+        if writer is None or self._closed:
+            raise StorageUnavailable("storage is closed")
+        writer.submit(operation)
+        return await operation.future
+
+    def _new_future(self) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def fetch(self, recipient_id: str, now_ms: int, max_bytes: int) -> Fetched:
+        """Return the oldest unexpired messages of a mailbox, in mailbox order.
+
+        Entries are taken while their encoded sizes (see codec.entry_size)
+        add up to at most max_bytes, and the oldest is always returned, even
+        alone over the budget. remaining counts the unexpired messages left
+        out, from the index. A commit landing between the read and the count
+        can make it off by that commit's changes for this mailbox.
+        """
+        parameters = {
+            "recipient_id": recipient_id,
+            "now_ms": now_ms,
+            "max_entries": max(1, max_bytes // _ENTRY_OVERHEAD),
+            "entry_overhead": _ENTRY_OVERHEAD,
+            "max_bytes": max_bytes,
+        }
+        rows = await self._read(_FETCH, parameters)
+        entries = [
+            StoredMessage(
+                sender_id, message_id, recipient_id, payload, received, expires, trace
+            )
+            for sender_id, message_id, payload, received, expires, trace in rows
+        ]
+        remaining = max(0, self.pending_count(recipient_id, now_ms) - len(entries))
+        return Fetched(entries, remaining)
+
+    async def check(self) -> None:
+        """Run a real query on the read connection within check_timeout_s.
+
+        Raises StorageUnavailable when the query fails or times out, and
+        also while the latest write batch failed, because the relay then
+        cannot store messages.
+        """
+        writer = self._writer
+        if writer is not None and writer.failing:
+            raise StorageUnavailable(
+                f"latest database write failed: {writer.last_error}"
+            )
+        reader = self._reader
+        try:
+            await asyncio.wait_for(self._read(_CHECK, ()), self.check_timeout_s)
+        except TimeoutError:
+            if reader is not None and not self._closed:
+                # Stops the stuck query so later reads are not queued behind it.
+                await reader.interrupt()
+            message = f"database check timed out after {self.check_timeout_s} s"
+            self._note_read_error(message)
+            raise StorageUnavailable(message) from None
+
+    async def _read(self, sql: str, parameters: object) -> list:
+        reader = self._reader
+        if reader is None or self._closed:
+            raise StorageUnavailable("storage is closed")
+        try:
+            return list(await reader.execute_fetchall(sql, parameters))
+        except (sqlite3.Error, ValueError) as exc:
+            self._note_read_error(f"{type(exc).__name__}: {exc}")
+            raise StorageUnavailable(f"database read failed: {exc}") from exc
+
+    def _note_read_error(self, description: str) -> None:
+        self._read_error = description
+        self._read_error_at_ms = int(time.time() * 1000)
+
+    # --- from memory -----------------------------------------------------------------
+
+    def pending_count(self, recipient_id: str, now_ms: int) -> int:
+        if self._writer is None:
+            return 0
+        return self._writer.index.pending_count(recipient_id, now_ms)
+
+    def stats(self) -> StorageStats:
+        writer = self._writer
+        if writer is None:
+            return StorageStats(0, None, 0)
+        return StorageStats(
+            queue_size=writer.index.message_count,
+            oldest_received_at_ms=writer.index.oldest_received_at_ms(),
+            pending_writes=writer.pending_operations,
+        )
+
+    @property
+    def index(self) -> MailboxIndex | None:
+        """The in-memory mailbox index, or None before open()."""
+        return None if self._writer is None else self._writer.index
+
+    # --- figures for health reports --------------------------------------------------
+
+    @property
+    def writer(self) -> GroupCommitWriter | None:
+        return self._writer
+
+    @property
+    def commit_count(self) -> int:
+        return 0 if self._writer is None else self._writer.commit_count
+
+    @property
+    def committed_operations(self) -> int:
+        return 0 if self._writer is None else self._writer.committed_operations
+
+    @property
+    def failed_batch_count(self) -> int:
+        return 0 if self._writer is None else self._writer.failed_batch_count
+
+    @property
+    def commit_latencies_ms(self) -> list[float]:
+        """Durations of the last 64 batches, BEGIN to end of COMMIT, oldest first."""
+        return [] if self._writer is None else list(self._writer.commit_latencies_ms)
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest database error of a read or a write batch, or None."""
+        return self._latest_error()[0]
+
+    @property
+    def last_error_at_ms(self) -> int | None:
+        """Wall-clock time of last_error in Unix milliseconds, or None."""
+        return self._latest_error()[1]
+
+    def _latest_error(self) -> tuple[str | None, int | None]:
+        read_error = (self._read_error, self._read_error_at_ms)
+        writer = self._writer
+        if writer is None or writer.last_error_at_ms is None:
+            return read_error
+        if read_error[1] is not None and read_error[1] > writer.last_error_at_ms:
+            return read_error
+        return writer.last_error, writer.last_error_at_ms
+
+    @property
+    def write_failing(self) -> bool:
+        """True while the latest write batch failed."""
+        return self._writer is not None and self._writer.failing
+
+
+async def _close_quietly(connection: aiosqlite.Connection) -> None:
+    try:
+        await connection.close()
+    except (sqlite3.Error, ValueError) as exc:
+        log.warning("database_close_failed", error=str(exc))
