@@ -97,7 +97,12 @@ def _build_parser() -> _Parser:
         return sub
 
     command("init", _init, "create a new identity file and print its contact card")
-    command("whoami", _whoami, "print the user id and contact card of the identity")
+    whoami = command(
+        "whoami", _whoami, "print the user id and contact card of the identity"
+    )
+    whoami.add_argument(
+        "--card", action="store_true", help="print only the contact card, for scripts"
+    )
     send = command("send", _send, "seal TEXT to the contact CARD and send it")
     send.add_argument("card", metavar="CARD", help="contact card USER_ID:X25519_HEX")
     send.add_argument("text", metavar="TEXT", help="message text")
@@ -212,7 +217,11 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _whoami(args: argparse.Namespace) -> int:
-    _print_identity(Identity.load(_identity_path(args)))
+    identity = Identity.load(_identity_path(args))
+    if args.card:
+        print(identity.contact_card)
+    else:
+        _print_identity(identity)
     return 0
 
 

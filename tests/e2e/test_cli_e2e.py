@@ -1,0 +1,71 @@
+"""The README's two-terminal exchange, run with the real command line."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def client(relay, directory, identity: str, *arguments: str, timeout_s: float = 30):
+    command = [
+        sys.executable,
+        "-m",
+        "relay",
+        "client",
+        "--identity",
+        str(directory / identity),
+        "--relay",
+        f"127.0.0.1:{relay.udp_port}",
+        "--http",
+        f"http://127.0.0.1:{relay.http_port}",
+        *arguments,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_two_clients_exchange_through_relay(relay, tmp_path):
+    for name in ("alice.json", "bob.json"):
+        assert client(relay, tmp_path, name, "init").returncode == 0
+    card = client(relay, tmp_path, "bob.json", "whoami", "--card").stdout.strip()
+    alice_id = client(relay, tmp_path, "alice.json", "whoami", "--card").stdout.split(":")[0]
+
+    # Bob registers once, so the relay knows him, then goes offline.
+    assert client(relay, tmp_path, "bob.json", "ping").returncode == 0
+    sent = client(relay, tmp_path, "alice.json", "send", card, "hello while you slept")
+    assert sent.returncode == 0, sent.stderr
+    assert "QUEUED" in sent.stdout
+    received = client(relay, tmp_path, "bob.json", "listen", "--once")
+    assert received.returncode == 0, received.stderr
+    assert "hello while you slept" in received.stdout
+    assert alice_id in received.stdout
+
+    # Bob is online: the message is pushed and Alice hears it was delivered.
+    listener = subprocess.Popen(
+        [
+            sys.executable, "-m", "relay", "client",
+            "--identity", str(tmp_path / "bob.json"),
+            "--relay", f"127.0.0.1:{relay.udp_port}",
+            "--http", f"http://127.0.0.1:{relay.http_port}",
+            "listen",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert relay.wait_for(lambda: relay_sessions(relay) >= 1, 15)
+        sent = client(relay, tmp_path, "alice.json", "send", "--wait", "5", card, "live")
+        assert sent.returncode == 0, sent.stderr
+        assert "DELIVERED" in sent.stdout
+    finally:
+        listener.terminate()
+        output, _ = listener.communicate(timeout=15)
+    assert "live" in output
+
+
+def relay_sessions(relay) -> int:
+    _, health = relay.health()
+    return health["active_connections"]
+
