@@ -1,8 +1,8 @@
 #!/bin/sh
 # Entry point of the relay image. Started as root, it gives the data and
-# log folders to the relay's user (a freshly mounted volume belongs to
-# root) and runs the command as that user; started as any other user, it
-# runs the command as is. The relay itself never runs as root.
+# log folders to the relay's user, because a freshly mounted volume
+# belongs to root, and runs the command as that user. Started as any other
+# user, it runs the command as is. So the relay never runs as root.
 set -eu
 
 user="${YAOK_USER:-yaok}"

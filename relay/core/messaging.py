@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from relay.core.relay import RelayCore
 
 log = structlog.get_logger("relay.messaging")
-# A failing disk fails every MESSAGE; the writer logs the cause, and these
+# A failing disk fails every MESSAGE. The writer logs the cause, so these
 # lines only name a few of the messages answered UNAVAILABLE.
 _storage_errors = LogThrottle()
 

@@ -1,11 +1,10 @@
 """Structured logs: one JSON object per line, or a readable console form.
 
-Every JSON line carries timestamp (RFC 3339, UTC, milliseconds, "Z"),
+Every JSON line starts with timestamp (RFC 3339, UTC, milliseconds, "Z"),
 level (ERROR, WARN, INFO, DEBUG), message, service, version, region and
-trace_id; user_id and duration_ms appear where they apply, and each event
-adds its own fields after these. Events not tied to one message carry the
-trace id of the process run, so that one run's lifecycle can be found with
-a single query.
+trace_id. Then come user_id and duration_ms where they apply, and the
+event's own fields. Events not tied to one message carry the trace id of
+the process run, so that one run's lifecycle can be found with one query.
 
 Lines go to stdout in the configured format (LOG_FORMAT=json or console)
 and, when LOG_FILE is set, to that file, always as JSON because promtail
@@ -78,8 +77,8 @@ class LogSink:
 
     stdout gets JSON or the console form; the file always gets JSON. A lock
     keeps a reopen from interleaving with a write from another thread. A
-    failed write never raises into the code that logged: a full disk must
-    not stop the relay from answering.
+    failed write is counted in write_errors instead of raised, because a
+    full disk must not stop the relay from serving.
     """
 
     def __init__(
@@ -141,7 +140,7 @@ class LogSink:
                     self.write_errors += 1
 
     def reopen(self) -> str:
-        """Open the log file anew, as logrotate's postrotate asks; return "" or why not.
+        """Open the log file again after logrotate moved it; return "" or the error.
 
         The new file is opened before the old one is closed, so when the
         open fails (a missing folder that cannot be created, a full disk)

@@ -37,9 +37,9 @@ from relay.storage import open_storage
 log = structlog.get_logger("relay.server")
 
 TICK_INTERVAL_S = 1.0
-# Shares of SHUTDOWN_TIMEOUT_S: first for the work in flight, then for the
-# final commit and checkpoint; the rest lets the answers and the HTTP
-# server finish.
+# Shares of SHUTDOWN_TIMEOUT_S for the work in flight and then for the
+# final commit and checkpoint. The rest lets the last replies go out and
+# the HTTP server finish.
 IN_FLIGHT_SHARE = 0.5
 STORAGE_SHARE = 0.3
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

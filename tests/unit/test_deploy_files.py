@@ -166,7 +166,8 @@ def test_docker_ports_volume_user_and_health_check():
     assert "--timeout=2s" in health
     assert "/health" in health
     assert "8080" in health
-    assert "curl" not in health and "wget" not in health
+    assert "curl" not in health
+    assert "wget" not in health
 
 
 def test_docker_entrypoint_drops_root():
