@@ -192,6 +192,16 @@ def ignored(path: str) -> bool:
     )
 
 
+def test_dockerignore_keeps_every_copied_file():
+    for arguments in instructions("COPY"):
+        if arguments.startswith("--from"):
+            continue
+        *sources, _ = arguments.split()
+        for source in sources:
+            assert (REPO / source).exists(), source
+            assert not ignored(source), f"{source} is in .dockerignore"
+
+
 def copy_build_context(destination: Path) -> None:
     """Copy what the build stage's COPY lines take, minus what .dockerignore drops."""
     for arguments in instructions("COPY", "build"):
