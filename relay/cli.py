@@ -18,18 +18,19 @@ def serve() -> int:
     from relay.ops.logging import configure_logging
     from relay.server.app import RelayServer
     from relay.server.udp import BindError
+    from relay.storage import StorageUnavailable
 
     try:
         settings = load_settings()
+        sink = configure_logging(
+            settings.log_level, settings.log_format, settings.fly_region, settings.log_file
+        )
     except ConfigError as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 2
-    sink = configure_logging(
-        settings.log_level, settings.log_format, settings.fly_region, settings.log_file
-    )
     try:
         uvloop.run(RelayServer(settings, sink).run())
-    except (BindError, ConfigError) as exc:
+    except (BindError, ConfigError, StorageUnavailable) as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 1
     finally:

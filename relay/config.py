@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         "json", description="json or console"
     )
     log_file: Path | None = Field(None, description="a file path to append logs to")
+    pid_file: Path | None = Field(
+        None, description="a file path to write the process id to (for logrotate)"
+    )
 
     # --- protocol limits ---
     session_timeout_s: int = _int(120, 5, 3_600, "seconds")

@@ -24,6 +24,7 @@ from relay.protocol.constants import (
     AckStatus,
     PacketType,
 )
+from relay.ops.logging import LogThrottle
 from relay.protocol.packets import relay_packet_size
 from relay.storage.base import StoredMessage, StorageUnavailable
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from relay.core.relay import RelayCore
 
 log = structlog.get_logger("relay.messaging")
+# A failing disk fails every MESSAGE. The writer logs the cause, so these
+# lines only name a few of the messages answered UNAVAILABLE.
+_storage_errors = LogThrottle()
 
 _POLL_RESPONSE_FIXED_SIZE = relay_packet_size(POLL_RESPONSE_OVERHEAD)
 
@@ -84,7 +88,14 @@ class Messaging:
             status = await core.storage.enqueue(stored)
         except StorageUnavailable as exc:
             core.stats.storage_errors += 1
-            log.warning("storage_unavailable", error=str(exc), trace_id=stored.trace_id)
+            if (held_back := _storage_errors.allow("enqueue")) is not None:
+                log.warning(
+                    "message_not_stored",
+                    error=str(exc),
+                    trace_id=stored.trace_id,
+                    user_id=stored.sender_id,
+                    held_back=held_back,
+                )
             status = AckStatus.UNAVAILABLE
         now = core.clock()
         sender = core.sessions.of_user(stored.sender_id, now)
@@ -160,6 +171,7 @@ class Messaging:
             if sender is not None and sender.validated:
                 body = encode_message_ack(receipt.message_id, AckStatus.DELIVERED)
                 core.send_session(sender, PacketType.MESSAGE_ACK, body)
+                core.stats.message_outcomes["delivered"] += 1
 
     # --- POLL ------------------------------------------------------------------
 
@@ -188,9 +200,14 @@ class Messaging:
             # To an unvalidated address the budget is a hard limit.
             entries = self._fit(entries, min(max_bytes, session.path_budget))
         remaining = fetched.remaining + len(fetched.entries) - len(entries)
-        core.send_session(
+        sent = core.send_session(
             session, PacketType.POLL_RESPONSE, encode_poll_response(remaining, entries)
         )
+        if sent:
+            for message in fetched.entries[: len(entries)]:
+                log.debug(
+                    "message_polled", trace_id=message.trace_id, user_id=session.user_id
+                )
         core.stats.succeeded["poll"] += 1
         core.stats.observe_latency("poll", time.perf_counter() - started)
 

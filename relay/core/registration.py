@@ -86,6 +86,7 @@ class Registrar:
         self, code: ErrorCode, text: str, data: bytes, address: Address, now: int
     ) -> bytes:
         self.core.stats.failed["register"] += 1
+        self.core.stats.register_refusals[code.name.lower()] += 1
         return self.core.send_error(
             code, register_echo(data), text, address, len(data), now
         )

@@ -23,6 +23,7 @@ from relay.core.ratelimit import AddressLimiter, Rate, TokenBucket, address_key
 from relay.core.registration import Registrar
 from relay.core.session import Address, EndedSession, Session, SessionTable, UserBuckets
 from relay.core.stats import RelayStats
+from relay.ops.logging import LogThrottle
 from relay.protocol.codec import (
     DecodeError,
     Pong,
@@ -128,6 +129,7 @@ class RelayCore:
         self.registrar = Registrar(self)
         self.messaging = Messaging(self)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._log_throttle = LogThrottle()
         self._session_handlers = {
             PacketType.PING: self._ping,
             PacketType.MESSAGE: self.messaging.message,
@@ -203,9 +205,11 @@ class RelayCore:
             await work
         except StorageUnavailable as exc:
             self.stats.storage_errors += 1
-            log.warning("storage_unavailable", error=str(exc))
+            if (held_back := self._log_throttle.allow("storage")) is not None:
+                log.warning("storage_unavailable", error=str(exc), held_back=held_back)
         except Exception:
-            log.exception("request_failed")
+            if (held_back := self._log_throttle.allow("request")) is not None:
+                log.exception("request_failed", held_back=held_back)
 
     def drop(self, type_name: str, reason: str) -> None:
         self.stats.requests[type_name] += 1

@@ -57,6 +57,7 @@ class RelayStats:
         self.dropped: Counter[str] = Counter()  # silent drops, by reason
         self.rate_limited: Counter[str] = Counter()  # by limit
         self.message_outcomes: Counter[str] = Counter()  # MESSAGE_ACK statuses sent
+        self.register_refusals: Counter[str] = Counter()  # plain ERRORs, by code
         self.latency: dict[str, Histogram] = {}
         self.auth_failures = 0
         self.invalid_signatures = 0

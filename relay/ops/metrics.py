@@ -7,7 +7,7 @@ on (docs/operations.md lists every name).
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from relay.ops.process import CpuSampler, resident_memory_bytes
+from relay.ops.process import cpu_seconds, resident_memory_bytes
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -29,43 +29,62 @@ RATE_WINDOW_S = 60
 
 
 class WindowedRates:
-    """Per-second rates of a few counters over the last minute.
+    """Rates of a few counters and of CPU time over the last minute.
 
-    `sample` is called about once a second; the rates compare the newest
-    sample with the oldest one kept.
+    `sample` is called about once a second from the relay's tick, so the
+    figures do not depend on how often, or by how many, /metrics is
+    scraped. The rates compare the newest sample with the oldest one kept.
     """
 
-    def __init__(self, core: "RelayCore") -> None:
+    def __init__(
+        self,
+        core: "RelayCore",
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = cpu_seconds,
+    ) -> None:
         self.core = core
-        self._samples: deque[tuple[float, int, int, int]] = deque()
+        self.clock = clock
+        self.cpu_clock = cpu_clock
+        # (monotonic s, registrations, requests, failed, CPU s)
+        self._samples: deque[tuple[float, int, int, int, float]] = deque()
+        self.sample()
 
     def sample(self) -> None:
         stats = self.core.stats
         total = sum(stats.requests.values())
         failed = sum(stats.failed.values())
-        now = time.monotonic()
-        self._samples.append((now, stats.registrations, total, failed))
-        while self._samples and now - self._samples[0][0] > RATE_WINDOW_S:
+        now = self.clock()
+        self._samples.append(
+            (now, stats.registrations, total, failed, self.cpu_clock())
+        )
+        # Keep the newest sample at least RATE_WINDOW_S old as the baseline.
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
             self._samples.popleft()
 
-    def _delta(self) -> tuple[float, int, int, int]:
+    def _delta(self) -> tuple[float, int, int, int, float]:
         if len(self._samples) < 2:
-            return 0.0, 0, 0, 0
+            return 0.0, 0, 0, 0, 0.0
         first, last = self._samples[0], self._samples[-1]
         return (
             last[0] - first[0],
             last[1] - first[1],
             last[2] - first[2],
             last[3] - first[3],
+            last[4] - first[4],
         )
 
     def registrations_per_second(self) -> float:
-        elapsed, registrations, _, _ = self._delta()
+        elapsed, registrations, _, _, _ = self._delta()
         return registrations / elapsed if elapsed else 0.0
 
     def error_ratio(self) -> float:
-        _, _, total, failed = self._delta()
+        _, _, total, failed, _ = self._delta()
         return failed / total if total else 0.0
+
+    def cpu_percent(self) -> float:
+        """CPU time used per wall time, in percent of one core (above 100 on 2)."""
+        elapsed, _, _, _, cpu = self._delta()
+        return 100.0 * cpu / elapsed if elapsed else 0.0
 
 
 def _labelled_counter(
@@ -99,7 +118,6 @@ class RelayCollector:
         self.storage = storage
         self.rates = rates
         self.started = started_monotonic
-        self.cpu = CpuSampler()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
@@ -197,6 +215,13 @@ class RelayCollector:
         yield _counter(
             "relay_registrations", "Sessions opened by REGISTER.", stats.registrations
         )
+        yield _labelled_counter(
+            "relay_register_refusals",
+            "REGISTERs answered with a plain ERROR, by error code "
+            "(overloaded: session limit reached or draining).",
+            "code",
+            stats.register_refusals,
+        )
         yield _gauge(
             "relay_registration_rate",
             "Sessions opened per second over the last minute.",
@@ -216,8 +241,8 @@ class RelayCollector:
     def _process(self) -> Iterator[Metric]:
         yield _gauge(
             "relay_cpu_usage_percent",
-            "CPU used by the relay process, percent of one core.",
-            self.cpu.sample(),
+            "CPU used by the relay process over the last minute, percent of one core.",
+            self.rates.cpu_percent(),
         )
         yield _gauge(
             "relay_memory_usage_bytes",

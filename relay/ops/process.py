@@ -2,7 +2,6 @@
 
 import os
 import resource
-import time
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -18,26 +17,6 @@ def resident_memory_bytes() -> int:
 
 
 def cpu_seconds() -> float:
+    """Return the CPU time, user plus system, this process has used."""
     times = os.times()
     return times.user + times.system
-
-
-class CpuSampler:
-    """CPU use in percent of one core since the previous sample.
-
-    The first sample covers the time since the sampler was made. A busy
-    process on two cores can show more than 100.
-    """
-
-    def __init__(self) -> None:
-        self._wall = time.monotonic()
-        self._cpu = cpu_seconds()
-        self.percent = 0.0
-
-    def sample(self, min_interval_s: float = 1.0) -> float:
-        wall, cpu = time.monotonic(), cpu_seconds()
-        elapsed = wall - self._wall
-        if elapsed >= min_interval_s:
-            self.percent = 100.0 * (cpu - self._cpu) / elapsed
-            self._wall, self._cpu = wall, cpu
-        return self.percent

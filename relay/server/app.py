@@ -4,23 +4,31 @@ One event loop serves the UDP protocol and the HTTP ops API. Start-up binds
 both sockets before anything is served, so a taken port stops the process
 with one line. Shutdown tells every session to go elsewhere, commits what
 is in flight, answers it, and closes the database before the sockets.
+
+Signals: SIGTERM and SIGINT start the shutdown (a repeat during shutdown
+is logged and otherwise ignored, so the database is always closed);
+SIGUSR1 reopens the log file. The handlers are in place from before
+start-up until the process is done.
 """
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 import uvicorn
 
 from relay import PROTOCOL_VERSION, __version__
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.core.relay import RelayCore
-from relay.ops.logging import LogSink
+from relay.ops.logging import LogSink, LogThrottle
 from relay.ops.metrics import RelayCollector, WindowedRates, build_registry
+from relay.ops.overload import OverloadWatch
 from relay.server.http import OpsState, create_app
 from relay.server.keys import load_or_create_relay_key
 from relay.server.udp import RelayDatagramProtocol, bind_socket
@@ -29,6 +37,12 @@ from relay.storage import open_storage
 log = structlog.get_logger("relay.server")
 
 TICK_INTERVAL_S = 1.0
+# Shares of SHUTDOWN_TIMEOUT_S for the work in flight and then for the
+# final commit and checkpoint. The rest lets the last replies go out and
+# the HTTP server finish.
+IN_FLIGHT_SHARE = 0.5
+STORAGE_SHARE = 0.3
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -45,16 +59,37 @@ class RelayServer:
         self.sink = sink
         self.stop_requested = asyncio.Event()
         self.stop_reason = ""
+        self.started = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
+        self._throttle = LogThrottle()
+        self._pid_written = False
 
     async def run(self) -> None:
-        await self.start()
+        """Start, serve until SIGTERM or SIGINT, then shut down."""
         self._install_signal_handlers()
         try:
+            await self._start_or_clean_up()
             await self.stop_requested.wait()
+            await self.shutdown()
         finally:
             self._remove_signal_handlers()
-            await self.shutdown()
+            self._remove_pid_file()
+
+    async def _start_or_clean_up(self) -> None:
+        try:
+            self._write_pid_file()
+            await self.start()
+        except BaseException as exc:
+            log.error(
+                "relay_start_failed",
+                error=str(exc) or type(exc).__name__,
+                error_type=type(exc).__name__,
+            )
+            storage = getattr(self, "storage", None)
+            if storage is not None:
+                with contextlib.suppress(Exception):
+                    await storage.close()
+            raise
 
     # --- start-up -------------------------------------------------------------
 
@@ -78,6 +113,7 @@ class RelayServer:
         )
         self.core = RelayCore(settings, self.storage, relay_key, self.protocol.sendto)
         self.rates = WindowedRates(self.core)
+        self.overload = OverloadWatch(self.core)
         collector = RelayCollector(self.core, self.storage, self.rates, self.started)
         self.ops = OpsState(self.core, self.storage, build_registry(collector), self.started)
         self.http = await self._start_http(http_socket)
@@ -114,6 +150,7 @@ class RelayServer:
             "relay_started",
             version=__version__,
             protocol_version=PROTOCOL_VERSION,
+            pid=os.getpid(),
             udp_host=settings.relay_host,
             udp_port=self.udp_port,
             http_host=settings.http_host,
@@ -124,38 +161,83 @@ class RelayServer:
             relay_public_key=self.core.relay_public.hex(),
             max_connections=settings.max_connections,
             session_timeout_s=settings.session_timeout_s,
+            message_ttl_max_s=settings.message_ttl_max_s,
             max_payload_bytes=settings.max_payload_bytes,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            log_level=settings.log_level,
+            log_format=settings.log_format,
+            log_file=None if settings.log_file is None else str(settings.log_file),
+            pid_file=None if settings.pid_file is None else str(settings.pid_file),
             prometheus_endpoint=settings.prometheus_endpoint,
         )
+
+    # --- PID file ---------------------------------------------------------------
+
+    def _write_pid_file(self) -> None:
+        path = self.settings.pid_file
+        if path is None:
+            return
+        staging = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging.write_text(f"{os.getpid()}\n", encoding="ascii")
+            os.replace(staging, path)
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid configuration: PID_FILE={str(path)!r}: cannot write it "
+                f"({exc.strerror or exc}); expected a writable file path"
+            ) from None
+        self._pid_written = True
+
+    def _remove_pid_file(self) -> None:
+        path = self.settings.pid_file
+        if path is None or not self._pid_written:
+            return
+        # Another process may have taken the file over; leave its PID alone.
+        with contextlib.suppress(OSError):
+            if _read_pid(path) == os.getpid():
+                path.unlink()
 
     # --- serving ----------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self.request_stop, signum.name)
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_log)
 
     def _remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for signum in (*_STOP_SIGNALS, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
 
     def request_stop(self, reason: str) -> None:
-        if not self.stop_requested.is_set():
-            self.stop_reason = reason
-            self.stop_requested.set()
+        if self.stop_requested.is_set():
+            log.info("shutdown_in_progress", signal=reason)
+            return
+        self.stop_reason = reason
+        self.stop_requested.set()
 
     def _reopen_log(self) -> None:
-        if self.sink is not None:
-            self.sink.reopen()
+        if self.sink is None or self.sink.path is None:
+            log.info("log_file_reopen_skipped", reason="LOG_FILE is not set")
+            return
+        problem = self.sink.reopen()
+        if problem:
+            log.error("log_file_reopen_failed", path=str(self.sink.path), error=problem)
+        else:
             log.info("log_file_reopened", path=str(self.sink.path))
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
-            self.core.tick()
-            self.rates.sample()
+            try:
+                self.core.tick()
+                self.rates.sample()
+                self.overload.check()
+            except Exception:
+                if (held_back := self._throttle.allow("tick_failed")) is not None:
+                    log.exception("tick_failed", held_back=held_back)
 
     async def _sweep_forever(self) -> None:
         dedup_window_ms = self.settings.dedup_window_s * 1000
@@ -164,7 +246,8 @@ class RelayServer:
             try:
                 sweep = await self.storage.sweep(self.core.clock(), dedup_window_ms)
             except Exception as exc:
-                log.warning("sweep_failed", error=str(exc))
+                if (held_back := self._throttle.allow("sweep_failed")) is not None:
+                    log.warning("sweep_failed", error=str(exc), held_back=held_back)
                 continue
             self.core.stats.messages_expired += sweep.expired_messages
             if sweep.expired_messages:
@@ -173,30 +256,80 @@ class RelayServer:
     # --- shutdown ----------------------------------------------------------------
 
     async def shutdown(self) -> None:
+        """Drain, finish the work in flight, commit, close the database, then the sockets.
+
+        Every step has its share of SHUTDOWN_TIMEOUT_S. A MESSAGE is answered
+        QUEUED only by its own commit, so a write cut off by the deadline is
+        answered UNAVAILABLE (or not at all), never QUEUED.
+        """
         began = time.monotonic()
-        deadline = began + self.settings.shutdown_timeout_s
+        timeout_s = self.settings.shutdown_timeout_s
         told = self.core.drain()
-        log.info("relay_draining", reason=self.stop_reason, sessions_told=told)
+        log.info(
+            "relay_draining",
+            reason=self.stop_reason,
+            sessions_told=told,
+            shutdown_timeout_s=timeout_s,
+        )
         for task in self._tasks:
             task.cancel()
-        idle = await self.core.wait_idle(max(0.1, (deadline - time.monotonic()) * 0.6))
-        await self._close_storage(deadline)
+        in_flight_done = await self.core.wait_idle(
+            max(0.1, began + timeout_s * IN_FLIGHT_SHARE - time.monotonic())
+        )
+        writes_at_close = self.storage.stats().pending_writes
+        storage_closed = await self._close_storage(
+            began + timeout_s * (IN_FLIGHT_SHARE + STORAGE_SHARE)
+        )
+        deadline = began + timeout_s
+        # Tasks resumed by the final commit send their answers now, before
+        # the socket closes.
+        await self.core.wait_idle(max(0.05, (deadline - time.monotonic()) / 2))
         self.transport.close()
+        await self._stop_http(deadline)
+        self._log_stopped(began, told, in_flight_done, writes_at_close, storage_closed)
+
+    async def _close_storage(self, until: float) -> bool:
+        try:
+            await asyncio.wait_for(self.storage.close(), max(0.1, until - time.monotonic()))
+        except Exception as exc:
+            log.error(
+                "storage_close_failed",
+                error=str(exc) or type(exc).__name__,
+                database=str(self.settings.database_path),
+            )
+            return False
+        return True
+
+    async def _stop_http(self, deadline: float) -> None:
         self.http.should_exit = True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.http_task, max(0.1, deadline - time.monotonic()))
+
+    def _log_stopped(
+        self,
+        began: float,
+        told: int,
+        in_flight_done: bool,
+        writes_at_close: int,
+        storage_closed: bool,
+    ) -> None:
         stats = self.core.stats
         log.info(
             "relay_stopped",
             reason=self.stop_reason,
-            in_flight_finished=idle,
+            sessions_told=told,
+            in_flight_finished=in_flight_done,
+            writes_committed_at_close=writes_at_close if storage_closed else 0,
+            storage_closed=storage_closed,
             registrations=stats.registrations,
             messages_queued=stats.message_outcomes.get("queued", 0),
+            uptime_s=round(time.monotonic() - self.started, 3),
             duration_ms=round((time.monotonic() - began) * 1000),
         )
 
-    async def _close_storage(self, deadline: float) -> None:
-        try:
-            await asyncio.wait_for(self.storage.close(), max(0.1, deadline - time.monotonic()))
-        except Exception as exc:
-            log.error("storage_close_failed", error=str(exc) or type(exc).__name__)
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except ValueError:
+        return None

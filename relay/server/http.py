@@ -46,9 +46,22 @@ def wants_prometheus_text(accept: str) -> bool:
     return "openmetrics-text" in accept or "text/plain" in accept
 
 
+_HEALTH_HELP = {
+    "health_status": "Health status: 2 healthy, 1 degraded, 0 unhealthy.",
+    "health_up": "Always 1 when /health answers.",
+    "health_uptime_seconds": "Seconds since the relay started.",
+    "health_active_connections": "Live sessions.",
+    "health_max_connections": "Configured live session limit (MAX_CONNECTIONS).",
+    "health_database_ok": "1 when the database check query succeeds, else 0.",
+    "health_queue_size": "Messages waiting in all mailboxes.",
+}
+
+
 def health_text(report: HealthReport) -> bytes:
     lines = []
     for name, value in report.gauges().items():
+        help_text = _HEALTH_HELP.get(name, name.removeprefix("health_").replace("_", " "))
+        lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} gauge")
         lines.append(f"{name} {float(value)!r}")
     return ("\n".join(lines) + "\n").encode()

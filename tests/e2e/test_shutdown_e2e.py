@@ -1,0 +1,138 @@
+"""SIGTERM under load: DRAINING for every session, no acknowledged message lost."""
+
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from relay.client.events import DrainingReceived, PollResponseReceived
+from relay.protocol.constants import AckStatus
+from tests.e2e.load import Sender, total_queued, wait_for_queued
+from tests.e2e.phone import UdpPhone
+
+pytestmark = pytest.mark.e2e
+
+SHUTDOWN_TIMEOUT_S = 5
+SENDERS = 4
+
+
+def drain_mailbox(phone: UdpPhone) -> set[str]:
+    """Poll and acknowledge until the mailbox is empty; return the message ids."""
+    seen: set[str] = set()
+    for _ in range(10_000):
+        phone.send(phone.session.poll(60_000))
+        response = phone.receive()
+        assert isinstance(response, PollResponseReceived), response
+        entries = response.response.entries
+        if not entries:
+            return seen
+        seen.update(entry.message_id for entry in entries)
+        for start in range(0, len(entries), 15):
+            chunk = entries[start : start + 15]
+            phone.send(phone.session.ack([(e.sender_id, e.message_id) for e in chunk]))
+    raise AssertionError("mailbox did not empty")
+
+
+def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
+    relay = relay_factory(
+        tmp_path / "relay",
+        SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S,
+        RATE_MESSAGE_PER_USER=1_000_000,
+        MAILBOX_MAX_MESSAGES=1_000_000,
+        MAILBOX_MAX_PER_SENDER=1_000_000,
+    )
+    recipients = [UdpPhone(relay.udp_address, relay.relay_public_key) for _ in range(2)]
+    for recipient in recipients:
+        recipient.register()
+        recipient.send(recipient.session.unregister())
+        recipient.receive()
+    idle = UdpPhone(relay.udp_address, relay.relay_public_key)
+    idle.register()
+    phones = [UdpPhone(relay.udp_address, relay.relay_public_key) for _ in range(SENDERS)]
+    for phone in phones:
+        phone.register()
+    senders = [
+        Sender(phone, recipients[i % 2].user_id, window=16, stop_on_draining=False)
+        for i, phone in enumerate(phones)
+    ]
+    for sender in senders:
+        sender.start()
+
+    wait_for_queued(senders, 400)
+    relay.signal(signal.SIGTERM)
+    # A bound against a hang, not a timing: the relay's own deadline is
+    # SHUTDOWN_TIMEOUT_S, and interpreter exit on a loaded machine adds some.
+    code = relay.wait(SHUTDOWN_TIMEOUT_S + 15)
+    for sender in senders:
+        sender.stop_sending.set()
+    for sender in senders:
+        sender.join(30)
+    idle_events = idle.receive_all()
+
+    assert code == 0
+    (stopped,) = relay.events("relay_stopped")
+    assert stopped["storage_closed"] is True
+    (draining,) = relay.events("relay_draining")
+    assert draining["sessions_told"] == SENDERS + 1
+    assert all(sender.drainings == 1 for sender in senders)
+    assert [type(e) for e in idle_events] == [DrainingReceived]
+    # The final checkpoint left no write-ahead log behind.
+    wal = relay.database.with_name(relay.database.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    check = subprocess.run(
+        ["sqlite3", str(relay.database), "PRAGMA integrity_check;"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.stdout.strip() == "ok"
+
+    queued = set().union(*(sender.queued for sender in senders))
+    sent = set().union(*(sender.sent for sender in senders))
+    statuses = {s for sender in senders for s in sender.statuses.values()}
+    assert statuses <= {AckStatus.QUEUED, AckStatus.UNAVAILABLE}
+    with sqlite3.connect(relay.database) as connection:
+        (rows,) = connection.execute("SELECT count(*) FROM mailbox_messages").fetchone()
+    assert rows >= len(queued)
+
+    relay.restart()
+    delivered: set[str] = set()
+    for recipient in recipients:
+        recipient.relay_address = relay.udp_address
+        recipient.register()
+        delivered |= drain_mailbox(recipient)
+    for phone in [*recipients, *phones, idle]:
+        phone.close()
+    assert len(queued) >= 400
+    assert queued <= delivered
+    assert delivered <= sent
+
+
+def test_repeated_sigterm_still_closes_cleanly(relay_factory):
+    relay = relay_factory(SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S)
+    phone = UdpPhone(relay.udp_address, relay.relay_public_key)
+    phone.register()
+    relay.signal(signal.SIGTERM)
+    relay.signal(signal.SIGTERM)
+    relay.signal(signal.SIGUSR1)
+    relay.signal(signal.SIGINT)
+    assert relay.wait(SHUTDOWN_TIMEOUT_S + 15) == 0
+    assert len(relay.events("relay_stopped")) == 1
+    assert relay.events("relay_stopped")[0]["storage_closed"] is True
+    phone.close()
+
+
+def test_sigint_drains_like_sigterm(relay_factory):
+    relay = relay_factory()
+    phone = UdpPhone(relay.udp_address, relay.relay_public_key)
+    phone.register()
+    started = time.monotonic()
+    relay.signal(signal.SIGINT)
+    assert relay.wait(30) == 0
+    assert isinstance(phone.receive(), DrainingReceived)
+    (stopped,) = relay.events("relay_stopped")
+    assert stopped["reason"] == "SIGINT"
+    assert stopped["duration_ms"] <= (time.monotonic() - started) * 1000
+    phone.close()
