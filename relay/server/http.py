@@ -9,14 +9,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from relay import PROTOCOL_VERSION, __version__
-from relay.ops.health import DatabaseProbe, HealthReport, evaluate
+from relay.ops.health import (
+    DatabaseProbe,
+    HealthReport,
+    Thresholds,
+    evaluate,
+    read_figures,
+)
 from relay.ops.metrics import render
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from relay.core.relay import RelayCore
-    from relay.storage.base import Storage
+    from relay.storage.sqlite import SqliteStorage
 
 
 class HealthBody(BaseModel):
@@ -27,6 +33,13 @@ class HealthBody(BaseModel):
     max_connections: int
     database_ok: bool
     queue_size: int
+    oldest_message_age_seconds: float | None
+    database_bytes: int
+    wal_bytes: int
+    disk_free_bytes: int | None
+    disk_total_bytes: int | None
+    disk_free_percent: float | None
+    commit_latency_p95_ms: float | None
     reasons: list[str]
 
 
@@ -60,7 +73,7 @@ class OpsState:
     def __init__(
         self,
         core: "RelayCore",
-        storage: "Storage",
+        storage: "SqliteStorage",
         registry: "CollectorRegistry",
         started_monotonic: float,
     ) -> None:
@@ -69,6 +82,7 @@ class OpsState:
         self.registry = registry
         self.started = started_monotonic
         self.probe = DatabaseProbe(storage, core.settings.database_check_timeout_s)
+        self.thresholds = Thresholds.from_settings(core.settings)
 
     async def health(self) -> HealthReport:
         database_ok = await self.probe.check()
@@ -79,6 +93,8 @@ class OpsState:
             database_ok=database_ok,
             database_error=self.probe.error,
             queue_size=self.storage.stats().queue_size,
+            figures=read_figures(self.storage, self.core.clock()),
+            thresholds=self.thresholds,
         )
 
 
