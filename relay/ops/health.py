@@ -131,6 +131,27 @@ class HealthReport:
         }
 
 
+GAUGE_HELP = {
+    "health_status": "Health status: 2 healthy, 1 degraded, 0 unhealthy.",
+    "health_up": "Always 1: the ops API answered.",
+    "health_uptime_seconds": "Seconds since the relay started.",
+    "health_active_connections": "Live sessions.",
+    "health_max_connections": "Configured live session limit (MAX_CONNECTIONS).",
+    "health_database_ok": "1 when the database check passed, else 0.",
+    "health_queue_size": "Messages waiting in all mailboxes.",
+    "health_oldest_message_age_seconds": "Age of the oldest waiting message "
+    "(0 when none).",
+    "health_database_size_bytes": "Size of the database file.",
+    "health_wal_size_bytes": "Size of the database's WAL file.",
+    "health_disk_free_bytes": "Free bytes on the database's volume "
+    "(-1 when unreadable).",
+    "health_disk_size_bytes": "Size of the database's volume (0 when unreadable).",
+    "health_commit_latency_p95_seconds": "95th percentile of the last 64 commits "
+    "(0 before the first).",
+    "health_reasons": "Number of reasons listed in the JSON report.",
+}
+
+
 def percentile(values: list[float], fraction: float) -> float | None:
     """Return the nearest-rank percentile of values, or None when empty."""
     if not values:

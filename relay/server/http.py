@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from relay import PROTOCOL_VERSION, __version__
 from relay.ops.health import (
+    GAUGE_HELP,
     DatabaseProbe,
     HealthReport,
     Thresholds,
@@ -62,6 +63,7 @@ def wants_prometheus_text(accept: str) -> bool:
 def health_text(report: HealthReport) -> bytes:
     lines = []
     for name, value in report.gauges().items():
+        lines.append(f"# HELP {name} {GAUGE_HELP[name]}")
         lines.append(f"# TYPE {name} gauge")
         lines.append(f"{name} {float(value)!r}")
     return ("\n".join(lines) + "\n").encode()

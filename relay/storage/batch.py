@@ -92,8 +92,11 @@ _PURGE_DEDUP_RECORDS = "DELETE FROM dedup_records WHERE recorded_at_ms < ?"
 
 # A write probe inserts and deletes this dedup record in one transaction. The
 # commit appends pages to the WAL like any batch, and leaves no row behind.
-# No user has an empty id, so the key cannot meet a real record.
-_PROBE_KEY = ("", "storage-write-probe")
+# No user has an empty id, so the key cannot meet a real record. The 64 KiB
+# message id, larger than any MESSAGE payload, makes the probe fail where a
+# large message would, since on a nearly full disk small commits can still
+# fit in space that a failed batch left allocated in the WAL file.
+_PROBE_KEY = ("", "storage-write-probe-" + "x" * 65_536)
 _INSERT_PROBE = """
 INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
 VALUES (?, ?, 1, 0)

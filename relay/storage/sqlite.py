@@ -369,10 +369,12 @@ class SqliteStorage:
         except (sqlite3.Error, ValueError) as exc:
             description = f"{type(exc).__name__}: {exc}"
             self._note_read_error(description)
-            if self._read_corruption is None and is_corruption(exc):
+            if not is_corruption(exc):
+                raise StorageUnavailable(f"database read failed: {exc}") from exc
+            if self._read_corruption is None:
                 self._read_corruption = description
                 log.error("database_corrupt", path=str(self.path), error=description)
-            raise StorageUnavailable(f"database read failed: {exc}") from exc
+            raise StorageUnavailable(f"database file is corrupt: {exc}") from exc
 
     def _note_read_error(self, description: str) -> None:
         self._read_error = description
