@@ -22,6 +22,12 @@ def fail(line: str) -> int:
     return 1
 
 
+def describe_counts(counts: dict[str, int]) -> str:
+    from relay.ops.backup import COUNTED_TABLES
+
+    return ", ".join(f"{counts[table]} {table}" for table in COUNTED_TABLES)
+
+
 def _settings() -> Settings | None:
     try:
         return load_settings()
@@ -99,7 +105,7 @@ def run_backup(argv: list[str]) -> int:
         )
     except (BackupError, OSError) as exc:
         return fail(f"backup failed: {exc}")
-    counts = ", ".join(f"{n} {table}" for table, n in manifest["row_counts"].items())
+    counts = describe_counts(manifest["row_counts"])
     key = "with the relay key" if manifest["relay_key"] else "without the relay key"
     say(
         "backup",
@@ -154,7 +160,7 @@ def run_verify(argv: list[str]) -> int:
     except OSError as exc:
         return fail(f"cannot verify {args.archive}: {exc}")
     manifest = verified.manifest
-    counts = ", ".join(f"{n} {table}" for table, n in manifest["row_counts"].items())
+    counts = describe_counts(manifest["row_counts"])
     say(
         "verify-backup",
         f"{args.archive} is valid: created {manifest['created_at']} in region "
@@ -183,6 +189,13 @@ def restore_parser() -> argparse.ArgumentParser:
         help="database file to create (default: the path in DATABASE_URL)",
     )
     parser.add_argument(
+        "--move-aside",
+        type=Path,
+        metavar="FOLDER",
+        help="first move an existing database and its -wal and -shm files into "
+        "FOLDER (on the same volume), after the archive verified",
+    )
+    parser.add_argument(
         "--key-path",
         type=Path,
         help="where the relay key goes, if the archive has one (default: "
@@ -207,14 +220,12 @@ def run_restore(argv: list[str]) -> int:
     else:
         key_path = settings.key_path
     try:
-        restored = restore(args.archive, database, key_path)
+        restored = restore(args.archive, database, key_path, args.move_aside)
     except (ArchiveInvalid, RestoreRefused) as exc:
         return fail(f"restore refused: {exc}")
     except OSError as exc:
         return fail(f"restore failed: {exc}")
-    counts = ", ".join(
-        f"{n} {table}" for table, n in restored.manifest["row_counts"].items()
-    )
+    counts = describe_counts(restored.manifest["row_counts"])
     say(
         "restore",
         f"restored {database} (mode 0600) from {args.archive}, created "

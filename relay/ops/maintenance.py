@@ -111,14 +111,18 @@ class FileFigures:
     def describe(self) -> str:
         mode = {0: "none", 1: "full", 2: "incremental"}.get(self.auto_vacuum, "?")
         return (
-            f"{_megabytes(self.file_bytes)} file + {_megabytes(self.wal_bytes)} WAL, "
+            f"{human_size(self.file_bytes)} file + {human_size(self.wal_bytes)} WAL, "
             f"{self.page_count} pages of {self.page_size} bytes, "
             f"{self.freelist_count} free, auto_vacuum {mode}"
         )
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+def human_size(size: int) -> str:
+    """Format a size in bytes with a decimal unit, such as "1.9 MB"."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def wal_path(database: Path) -> Path:
@@ -256,7 +260,7 @@ class Maintenance:
             return self._skip(
                 "VACUUM",
                 f"a relay is serving {self.database} and a full VACUUM of "
-                f"{_megabytes(live_bytes)} would hold off its commits for longer "
+                f"{human_size(live_bytes)} would hold off its commits for longer "
                 "than its busy timeout; stop the relay and run `yaok-relay "
                 "maintenance --vacuum` once, which also switches the file to "
                 "incremental vacuum so that later runs shrink it while the relay "
@@ -276,8 +280,8 @@ class Maintenance:
         if free is not None and free < needed:
             return self._skip(
                 "VACUUM",
-                f"needs about {_megabytes(needed)} free beside {self.database}, "
-                f"and {_megabytes(free)} are free",
+                f"needs about {human_size(needed)} free beside {self.database}, "
+                f"and {human_size(free)} are free",
             )
         os.environ.setdefault("SQLITE_TMPDIR", str(self.database.parent))
         lock = DatabaseLock(self.database)

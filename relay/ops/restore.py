@@ -3,6 +3,8 @@
 The restore takes the database's lock file exclusively for its whole run,
 so it fails at once while a relay holds the file, and a relay starting
 meanwhile waits for it (the relay retries STORAGE_RETRY_INTERVAL_S later).
+A relay lets go of the file while `<database>.hold` exists, so a restore
+can also run beside a relay process that keeps serving /health.
 It never overwrites: an existing database, WAL or shared-memory file stops
 it, because a WAL left from another database would be replayed into the
 restored one and damage it. The archive is fully verified in a folder
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from relay.ops.archive import VerifiedArchive, verify_archive
 from relay.ops.backup import TEMPORARY_PREFIX, file_sha256
-from relay.storage.lock import DatabaseInUse, DatabaseLock
+from relay.storage.lock import DatabaseInUse, DatabaseLock, hold_path
 
 
 class RestoreRefused(Exception):
@@ -39,9 +41,13 @@ def companion_files(database: Path) -> list[Path]:
     ]
 
 
-def restore(archive: Path, database: Path, key_path: Path) -> Restored:
+def restore(
+    archive: Path, database: Path, key_path: Path, move_aside: Path | None = None
+) -> Restored:
     """Verify archive and restore it to database.
 
+    With move_aside, an existing database and its -wal and -shm files are
+    first moved into that folder (same volume), once the archive verified.
     Raises RestoreRefused or ArchiveInvalid, having replaced nothing.
     """
     database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -51,14 +57,19 @@ def restore(archive: Path, database: Path, key_path: Path) -> Restored:
     except DatabaseInUse:
         raise RestoreRefused(
             f"a relay is using {database} (it holds {lock.path}): stop the relay "
-            "first, then run the restore again"
+            f"first, or create {hold_path(database)} and wait until its /health "
+            "reports the database held, then run the restore again"
         ) from None
     try:
-        _refuse_existing(database)
+        if move_aside is None:
+            _refuse_existing(database)
         with tempfile.TemporaryDirectory(
             prefix=TEMPORARY_PREFIX + "restore-", dir=database.parent
         ) as work:
             verified = verify_archive(archive, Path(work))
+            if move_aside is not None:
+                _move_aside(database, move_aside)
+            _refuse_existing(database)
             _place(verified.database, database)
             key_outcome = _restore_key(verified, key_path)
     finally:
@@ -72,8 +83,27 @@ def _refuse_existing(database: Path) -> None:
         names = ", ".join(str(path) for path in present)
         raise RestoreRefused(
             f"{names} already exists: restore only into an empty path; move the "
-            "old files aside first (all of them, the -wal and -shm too)"
+            "old files aside first (the -wal and -shm too), for example with "
+            "--move-aside FOLDER"
         )
+
+
+def _move_aside(database: Path, folder: Path) -> None:
+    """Move the database and its companion files into folder, keeping their names."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in companion_files(database):
+        if not path.exists():
+            continue
+        target = folder / path.name
+        if target.exists():
+            raise RestoreRefused(f"{target} already exists: choose another folder")
+        try:
+            os.rename(path, target)
+        except OSError as exc:
+            raise RestoreRefused(
+                f"cannot move {path} to {folder} ({exc}): choose a folder on the "
+                "same volume"
+            ) from exc
 
 
 def _place(source: Path, target: Path) -> None:

@@ -8,8 +8,10 @@ instead would turn the platform's restart policy into a crash loop.
 The watch retries at a fixed interval. It opens a database that could not
 be opened, and sends a write probe while writes fail, so that the relay
 recovers without a restart once disk space returns. A file found corrupt
-while open is not reopened: the watch logs it until an operator stops the
-relay and restores a backup.
+while open is not reopened: the watch logs it until an operator restores a
+backup. While the hold file `<database>.hold` exists, the watch closes the
+database and lets go of the lock file, so that restore can run while the
+process keeps answering; removing the hold file opens the database again.
 """
 
 import asyncio
@@ -19,7 +21,7 @@ import time
 import structlog
 
 from relay.storage.base import StorageUnavailable
-from relay.storage.lock import DatabaseInUse, DatabaseLock
+from relay.storage.lock import DatabaseInUse, DatabaseLock, hold_path
 from relay.storage.sqlite import SqliteStorage
 
 log = structlog.get_logger("relay.server")
@@ -69,6 +71,8 @@ class StorageWatch:
         self.storage = storage
         self.retry_interval_s = retry_interval_s
         self.lock = DatabaseLock(storage.path)
+        self.hold = hold_path(storage.path)
+        self.holding = False
         self._open_failures = ThrottledError("storage_open_failed")
         self._corruption = ThrottledError("database_corrupt")
 
@@ -78,6 +82,9 @@ class StorageWatch:
         Failures are logged, never raised: the relay serves without its
         database until a later attempt succeeds.
         """
+        if self.hold.exists():
+            self._keep_holding()
+            return False
         if not self._take_lock():
             return False
         try:
@@ -114,6 +121,14 @@ class StorageWatch:
 
     async def check_once(self) -> None:
         storage = self.storage
+        if self.hold.exists():
+            if storage.is_open:
+                await storage.suspend(self._hold_reason())
+            self._keep_holding()
+            return
+        if self.holding:
+            self.holding = False
+            log.info("database_hold_ended", path=str(storage.path))
         if not storage.is_open:
             await self.open()
         elif storage.corruption is not None:
@@ -128,6 +143,18 @@ class StorageWatch:
                 await storage.probe_write()
             except StorageUnavailable:
                 pass
+
+    def _hold_reason(self) -> str:
+        return f"database held for maintenance: remove {self.hold} to resume"
+
+    def _keep_holding(self) -> None:
+        self.lock.release()
+        self.storage.open_error = self._hold_reason()
+        if not self.holding:
+            self.holding = True
+            log.warning(
+                "database_held", path=str(self.storage.path), hold_file=str(self.hold)
+            )
 
     def release(self) -> None:
         self.lock.release()

@@ -1,9 +1,11 @@
 """The database's lock file, which shows tools whether a relay is using the file.
 
-A running relay holds a shared flock(2) on `<database>.lock` for its whole
-life, even while it cannot open the database. Tools that must not run beside
-a relay, such as restore and a blocking VACUUM, take the lock exclusively,
-which fails at once while any relay holds it. The kernel drops the lock when
+A running relay holds a shared flock(2) on `<database>.lock` while it uses
+the database, and also while it retries opening a database it could not
+open. It lets go only while `<database>.hold` exists, which an operator
+creates to restore or VACUUM without stopping the process. Tools that must
+not run beside a relay, such as restore and a blocking VACUUM, take the
+lock exclusively, which fails at once while any relay holds it. The kernel drops the lock when
 its process exits, so a killed relay leaves no stale lock behind. flock is
 local to one host, as a Fly volume is.
 """
@@ -19,6 +21,11 @@ class DatabaseInUse(Exception):
 
 def lock_path(database: Path) -> Path:
     return database.with_name(database.name + ".lock")
+
+
+def hold_path(database: Path) -> Path:
+    """Return the file whose presence asks a running relay to let go of the database."""
+    return database.with_name(database.name + ".hold")
 
 
 class DatabaseLock:

@@ -215,6 +215,19 @@ class SqliteStorage:
             raise
         log.info("storage_closed", path=str(self.path))
 
+    async def suspend(self, reason: str) -> None:
+        """Close the database as close() does, but leave the storage able to open again.
+
+        Until the next open(), writes and checks raise StorageUnavailable
+        naming reason.
+        """
+        await self.close()
+        self._writer = None
+        self._reader = None
+        self._closed = False
+        self._read_corruption = None
+        self.open_error = reason
+
     async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
         return await connect(
             self.path, busy_timeout_ms=self.busy_timeout_ms, read_only=read_only

@@ -247,3 +247,50 @@ def test_backup_prunes_by_retention(relay, tmp_path):
         assert path.exists() == (verb == "kept"), label
     assert other_file.exists()
     assert len(list(output.glob("yaok-relay-test-*.tar.gz"))) == 3
+
+
+def test_restore_beside_held_relay_after_corruption(relay_factory, tmp_path):
+    """The corruption runbook on a relay process that keeps running."""
+    relay = relay_factory(tmp_path / "volume", STORAGE_RETRY_INTERVAL_S=1, **BUSY)
+    pid = relay.pid
+    alice = UdpPhone(relay.udp_address, relay.relay_public_key)
+    bob = UdpPhone(relay.udp_address, relay.relay_public_key)
+    alice.register()
+    bob.register()
+    bob.send(bob.session.unregister())
+    bob.receive()
+    sender = Sender(alice, bob.user_id, max_messages=200, max_seconds=20)
+    sender.run()
+    alice.close()
+    queued = sender.queued()
+    assert len(queued) == 200
+    made = command(relay.environment, "backup", "--output-dir", str(tmp_path / "out"))
+    assert made.returncode == 0, made.stderr
+    archive = only_archive(tmp_path / "out")
+
+    with open(relay.database, "r+b") as file:
+        file.write(os.urandom(100))
+    assert relay.wait_for(lambda: relay.health()[0] == 503, 5)
+
+    hold = relay.database.with_name("yaok_relay.db.hold")
+    hold.touch()
+    assert relay.wait_for(lambda: "held" in relay.health()[1]["reasons"][0], 5)
+    refused = command(relay.environment, "restore", str(archive))
+    assert refused.returncode == 1
+    assert "already exists" in refused.stderr
+    assert "--move-aside" in refused.stderr
+    aside = relay.directory / "damaged"
+    restored = command(
+        relay.environment, "restore", str(archive), "--move-aside", str(aside)
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert (aside / "yaok_relay.db").exists()
+    hold.unlink()
+
+    assert relay.wait_for(lambda: relay.health()[0] == 200, 10)
+    assert relay.pid == pid
+    assert relay.events("database_held")
+    assert relay.events("database_hold_ended")
+    bob.register()
+    assert drain_mailbox(bob) == queued
+    bob.close()

@@ -237,3 +237,32 @@ def test_restore_of_invalid_archive_leaves_nothing(source, tmp_path):
     with pytest.raises(ArchiveInvalid):
         restore(broken, target, target.parent / "relay_key")
     assert sorted(p.name for p in target.parent.iterdir()) == ["yaok_relay.db.lock"]
+
+
+def test_restore_moves_damaged_files_aside(source, tmp_path):
+    archive, manifest = backup(source, tmp_path / "out")
+    target = tmp_path / "volume" / "yaok_relay.db"
+    target.parent.mkdir()
+    target.write_bytes(b"damaged")
+    (target.parent / "yaok_relay.db-wal").write_bytes(b"stale log")
+    aside = tmp_path / "volume" / "damaged"
+    restore(archive, target, target.parent / "relay_key", move_aside=aside)
+    moved = sorted(p.name for p in aside.iterdir())
+    assert moved == ["yaok_relay.db", "yaok_relay.db-wal"]
+    assert (aside / "yaok_relay.db").read_bytes() == b"damaged"
+    assert not (target.parent / "yaok_relay.db-wal").exists()
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert digest == manifest["database"]["sha256"]
+
+
+def test_invalid_archive_moves_nothing_aside(source, tmp_path):
+    target = tmp_path / "volume" / "yaok_relay.db"
+    target.parent.mkdir()
+    target.write_bytes(b"damaged")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not an archive")
+    aside = tmp_path / "aside"
+    with pytest.raises(ArchiveInvalid):
+        restore(broken, target, target.parent / "relay_key", move_aside=aside)
+    assert target.read_bytes() == b"damaged"
+    assert not aside.exists()
