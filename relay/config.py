@@ -127,8 +127,9 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=365 * DAY_S,
-        description="seconds from 0 to 31,536,000; default: MESSAGE_TTL_MAX_S "
-        "plus one day, the age no message reaches while expired ones are swept",
+        description="an integer from 0 to 31,536,000 (seconds; unset means "
+        "MESSAGE_TTL_MAX_S plus one day, an age no message reaches while "
+        "expired ones are swept)",
     )
     health_oldest_message_unhealthy_s: int = _int(0, 0, 365 * DAY_S, "seconds")
     health_wal_degraded_bytes: int = _int(256 * MIB, 0, 2**50, "bytes")

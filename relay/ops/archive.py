@@ -21,6 +21,7 @@ from relay.ops.backup import (
     MANIFEST_VERSION,
     count_rows,
 )
+from relay.ops.maintenance import describe_problems, integrity_problems
 from relay.storage.connection import SQLITE_MAGIC
 from relay.storage.migrate import schema_version
 
@@ -182,12 +183,10 @@ class _Checker:
         uri = f"file:{database.resolve()}?mode=ro&immutable=1"
         connection = sqlite3.connect(uri, uri=True)
         try:
-            problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                raise self.fail(
-                    f"integrity_check reports {len(problems)} problems, first: "
-                    f"{problems[0]}"
-                )
+            problems = integrity_problems(connection)
+            if problems:
+                reported = describe_problems(problems)
+                raise self.fail(f"integrity_check reports {reported}")
             found = count_rows(connection)
             if found != counts:
                 raise self.fail(

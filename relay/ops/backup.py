@@ -28,7 +28,12 @@ from pathlib import Path
 
 from relay import __version__
 from relay.ops.health import disk_usage
-from relay.ops.maintenance import connect_existing, wal_path
+from relay.ops.maintenance import (
+    connect_existing,
+    describe_problems,
+    integrity_problems,
+    wal_path,
+)
 from relay.storage.migrate import schema_version
 
 MANIFEST_NAME = "manifest.json"
@@ -88,10 +93,11 @@ def take_snapshot(database: Path, target: Path, busy_timeout_s: float) -> Snapsh
         # pages=-1 copies everything in one step, within one read transaction.
         source.backup(copy, pages=-1)
         copy.execute("PRAGMA journal_mode = DELETE").fetchall()
-        problems = [row[0] for row in copy.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
+        problems = integrity_problems(copy, "quick_check")
+        if problems:
             raise BackupError(
-                f"the snapshot of {database} fails quick_check ({problems[0]}): "
+                f"the snapshot of {database} fails quick_check "
+                f"({describe_problems(problems)}): "
                 "the database is damaged; run `yaok-relay maintenance "
                 "--integrity-check` and see docs/operations.md, Database corruption"
             )

@@ -179,8 +179,9 @@ def restore_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yaok-relay restore",
         description="Verify a backup archive and restore it into an empty "
-        "database path. Stop the relay first: the restore refuses a database "
-        "in use and never overwrites a file.",
+        "database path. Stop the relay first, or create DATABASE.hold and wait "
+        "until /health reports the database held: the restore refuses a "
+        "database in use and never overwrites a file.",
     )
     parser.add_argument("archive", type=Path, help="the .tar.gz to restore")
     parser.add_argument(
@@ -211,6 +212,7 @@ def run_restore(argv: list[str]) -> int:
         return 2
     from relay.ops.archive import ArchiveInvalid
     from relay.ops.restore import RestoreRefused, restore
+    from relay.storage.lock import hold_path
 
     database = args.database or settings.database_path
     if args.key_path is not None:
@@ -232,5 +234,9 @@ def run_restore(argv: list[str]) -> int:
         f"{restored.manifest['created_at']}: {counts}",
     )
     say("restore", restored.key_outcome)
-    say("restore", "next: start the relay, then check GET /health")
+    say(
+        "restore",
+        f"next: start the relay, or remove {hold_path(database)} if you created "
+        "it, then check GET /health",
+    )
     return 0

@@ -125,6 +125,28 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
+def integrity_problems(
+    connection: sqlite3.Connection, pragma: str = "integrity_check"
+) -> list[str]:
+    """Run the integrity_check (or quick_check) pragma; return its problems.
+
+    The result is [] for a sound file, else one line per problem. SQLite
+    may pack several problems into one row, separated by newlines, under a
+    "*** in database main ***" heading, and stops at 100.
+    """
+    rows = [row[0] for row in connection.execute(f"PRAGMA {pragma}")]
+    if rows == ["ok"]:
+        return []
+    lines = [line.strip() for row in rows for line in str(row).splitlines()]
+    problems = [line for line in lines if line and not line.startswith("***")]
+    return problems or ["integrity_check returned no result"]
+
+
+def describe_problems(problems: list[str]) -> str:
+    count = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+    return f"{count}, first: {problems[0]}"
+
+
 def wal_path(database: Path) -> Path:
     return database.with_name(database.name + "-wal")
 
@@ -222,12 +244,10 @@ class Maintenance:
     # --- steps -----------------------------------------------------------------
 
     def integrity_check(self) -> str:
-        rows = [row[0] for row in self.connection.execute("PRAGMA integrity_check")]
-        if rows == ["ok"]:
+        problems = integrity_problems(self.connection)
+        if not problems:
             return "ok"
-        first = rows[0] if rows else "no result"
-        count = "1 problem" if len(rows) == 1 else f"{len(rows)} problems"
-        raise IntegrityFailure(self.failure_line(f"{count}, first: {first}"))
+        raise IntegrityFailure(self.failure_line(describe_problems(problems)))
 
     def reindex(self) -> str:
         names = [

@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     steps = parser.add_argument_group("steps (any of them turns the schedule off)")
-    steps.add_argument("--integrity-check", action="store_true", help="run PRAGMA integrity_check now")
+    steps.add_argument(
+        "--integrity-check",
+        action="store_true",
+        help="run PRAGMA integrity_check now",
+    )
     steps.add_argument("--reindex", action="store_true", help="run REINDEX now")
     steps.add_argument("--analyze", action="store_true", help="run ANALYZE now")
     steps.add_argument("--vacuum", action="store_true", help="run VACUUM now")

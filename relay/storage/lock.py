@@ -5,9 +5,10 @@ the database, and also while it retries opening a database it could not
 open. It lets go only while `<database>.hold` exists, which an operator
 creates to restore or VACUUM without stopping the process. Tools that must
 not run beside a relay, such as restore and a blocking VACUUM, take the
-lock exclusively, which fails at once while any relay holds it. The kernel drops the lock when
-its process exits, so a killed relay leaves no stale lock behind. flock is
-local to one host, as a Fly volume is.
+lock exclusively, which fails at once while any relay holds it.
+
+The kernel drops the lock when its process exits, so a killed relay leaves
+no stale lock behind. flock is local to one host, as a Fly volume is.
 """
 
 import fcntl

@@ -162,4 +162,5 @@ def test_damaged_index_fails_integrity_check(tmp_path):
         run(path, Plan(integrity_check=True, vacuum=True))
     message = str(caught.value)
     assert message.startswith(f"integrity check failed for {path}")
+    assert "\n" not in message
     assert "restore the latest backup" in message
