@@ -6,8 +6,12 @@ import sys
 from relay import __version__
 
 USAGE = """\
-yaok-relay [serve]          run the relay (settings from the environment)
-yaok-relay client ...       the reference client (yaok-relay client --help)
+yaok-relay [serve]               run the relay (settings from the environment)
+yaok-relay client ...            the reference client (yaok-relay client --help)
+yaok-relay maintenance ...       scheduled database maintenance (--help)
+yaok-relay backup ...            snapshot the live database into a .tar.gz (--help)
+yaok-relay verify-backup ARCHIVE check a backup archive
+yaok-relay restore ARCHIVE ...   restore a backup into an empty path (--help)
 """
 
 
@@ -49,6 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         from relay.client.cli import run
 
         return run(args)
+    if command == "maintenance":
+        from relay.ops.maintenance_command import run
+
+        return run(args)
+    if command == "backup":
+        from relay.ops.backup_command import run_backup
+
+        return run_backup(args)
+    if command == "verify-backup":
+        from relay.ops.backup_command import run_verify
+
+        return run_verify(args)
+    if command == "restore":
+        from relay.ops.backup_command import run_restore
+
+        return run_restore(args)
     if command in ("-V", "--version"):
         print(__version__)
         return 0

@@ -32,6 +32,7 @@ def _int(default: int, low: int, high: int, unit: str = "") -> object:
 # Largest MESSAGE payload that still fits one UDP datagram with its framing.
 MAX_PAYLOAD_CEILING = 65_379
 DAY_S = 86_400
+MIB = 1024 * 1024
 
 
 def parse_rust_log(value: str) -> str:
@@ -120,6 +121,40 @@ class Settings(BaseSettings):
     database_check_timeout_s: float = Field(
         1.0, gt=0, le=60, description="seconds, above 0 and at most 60"
     )
+    storage_retry_interval_s: int = _int(
+        10, 1, 3_600, "seconds between attempts to open or write the database again"
+    )
+
+    # --- /health thresholds (0 turns a threshold off) ---
+    health_oldest_message_degraded_s: int | None = Field(
+        None,
+        ge=0,
+        le=365 * DAY_S,
+        description="an integer from 0 to 31,536,000 (seconds; unset means "
+        "MESSAGE_TTL_MAX_S plus one day, an age no message reaches while "
+        "expired ones are swept)",
+    )
+    health_oldest_message_unhealthy_s: int = _int(0, 0, 365 * DAY_S, "seconds")
+    health_wal_degraded_bytes: int = _int(256 * MIB, 0, 2**50, "bytes")
+    health_wal_unhealthy_bytes: int = _int(0, 0, 2**50, "bytes")
+    health_disk_free_degraded_percent: float = Field(
+        10.0, ge=0, le=100, description="a percentage from 0 to 100"
+    )
+    health_disk_free_unhealthy_percent: float = Field(
+        2.0, ge=0, le=100, description="a percentage from 0 to 100"
+    )
+    health_commit_p95_degraded_ms: int = _int(250, 0, 600_000, "milliseconds")
+    health_commit_p95_unhealthy_ms: int = _int(2_000, 0, 600_000, "milliseconds")
+
+    # --- maintenance and backups ---
+    maintenance_busy_timeout_s: int = _int(30, 1, 3_600, "seconds")
+    maintenance_analysis_limit: int = _int(1_000, 0, 1_000_000, "rows; 0 = all")
+    maintenance_online_vacuum_max_bytes: int = _int(64 * MIB, 0, 2**50, "bytes")
+    backup_dir: Path | None = Field(
+        None, description="a folder path; default: backups beside the database"
+    )
+    backup_keep_daily: int = _int(30, 1, 3_650, "days")
+    backup_keep_monthly: int = _int(12, 0, 1_200, "months")
 
     @field_validator("database_url")
     @classmethod
@@ -146,6 +181,18 @@ class Settings(BaseSettings):
     @property
     def log_level(self) -> str:
         return self.rust_log
+
+    @property
+    def oldest_message_degraded_s(self) -> int:
+        if self.health_oldest_message_degraded_s is not None:
+            return self.health_oldest_message_degraded_s
+        return self.message_ttl_max_s + DAY_S
+
+    @property
+    def backup_folder(self) -> Path:
+        if self.backup_dir is not None:
+            return self.backup_dir
+        return self.database_path.parent / "backups"
 
 
 def _describe(error: dict) -> str:

@@ -52,7 +52,7 @@ class RelayProcess:
         environment = {**os.environ, **self.environment}
         self._started.clear()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve"],
+            self.command(),
             env=environment,
             cwd=self.directory,
             stdout=subprocess.PIPE,
@@ -67,6 +67,10 @@ class RelayProcess:
             tail = "\n".join(self.raw_lines[-20:])
             raise RuntimeError(f"relay did not start within {timeout_s} s:\n{tail}")
         return self
+
+    def command(self) -> list[str]:
+        """Return the command that starts the relay; a subclass may wrap it."""
+        return [sys.executable, "-m", "relay", "serve"]
 
     def _read_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None

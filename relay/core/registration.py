@@ -212,9 +212,20 @@ class Registrar:
                 register.x25519_public,
                 core.clock(),
             )
-        except StorageUnavailable:
+        except StorageUnavailable as exc:
+            # The phone tries another relay. The cookie is released, so a
+            # retry here is decided afresh once storage works again.
             core.ledger.release(register.cookie)
-            raise
+            core.stats.storage_errors += 1
+            log.warning("storage_unavailable", error=str(exc), user_id=register.user_id)
+            self._refuse(
+                ErrorCode.OVERLOADED,
+                "relay storage unavailable, try another",
+                data,
+                address,
+                core.clock(),
+            )
+            return
         now = core.clock()
         if outcome.key_conflict:
             log.info("key_conflict", user_id=register.user_id)

@@ -2,8 +2,10 @@
 
 One event loop serves the UDP protocol and the HTTP ops API. Start-up binds
 both sockets before anything is served, so a taken port stops the process
-with one line. Shutdown tells every session to go elsewhere, commits what
-is in flight, answers it, and closes the database before the sockets.
+with one line. A database that cannot be opened does not stop it: the relay
+serves /health with 503 and retries (see storage_watch). Shutdown tells
+every session to go elsewhere, commits what is in flight, answers it, and
+closes the database before the sockets.
 
 Signals: SIGTERM and SIGINT start the shutdown (a repeat during shutdown
 is logged and otherwise ignored, so the database is always closed);
@@ -29,8 +31,10 @@ from relay.core.relay import RelayCore
 from relay.ops.logging import LogSink, LogThrottle
 from relay.ops.metrics import RelayCollector, WindowedRates, build_registry
 from relay.ops.overload import OverloadWatch
+from relay.ops.storage_metrics import StorageCollector
 from relay.server.http import OpsState, create_app
 from relay.server.keys import load_or_create_relay_key
+from relay.server.storage_watch import StorageWatch
 from relay.server.udp import RelayDatagramProtocol, bind_socket
 from relay.storage import open_storage
 
@@ -104,7 +108,10 @@ class RelayServer:
         )
         relay_key, key_created = load_or_create_relay_key(settings.key_path)
         self.storage = open_storage(settings)
-        await self.storage.open()
+        self.storage_watch = StorageWatch(
+            self.storage, settings.storage_retry_interval_s
+        )
+        await self.storage_watch.open()
 
         loop = asyncio.get_running_loop()
         self.protocol = RelayDatagramProtocol(self._datagram_received)
@@ -115,10 +122,13 @@ class RelayServer:
         self.rates = WindowedRates(self.core)
         self.overload = OverloadWatch(self.core)
         collector = RelayCollector(self.core, self.storage, self.rates, self.started)
-        self.ops = OpsState(self.core, self.storage, build_registry(collector), self.started)
+        registry = build_registry(collector)
+        registry.register(StorageCollector(self.storage, self.core.clock))
+        self.ops = OpsState(self.core, self.storage, registry, self.started)
         self.http = await self._start_http(http_socket)
         self._tasks.append(asyncio.create_task(self._tick_forever()))
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        self._tasks.append(asyncio.create_task(self.storage_watch.run_forever()))
         self.udp_port = udp_socket.getsockname()[1]
         self.http_port = http_socket.getsockname()[1]
         self._log_started(key_created)
@@ -156,6 +166,7 @@ class RelayServer:
             http_host=settings.http_host,
             http_port=self.http_port,
             database=str(settings.database_path),
+            database_open=self.storage.is_open,
             relay_key_path=str(settings.key_path),
             relay_key_created=key_created,
             relay_public_key=self.core.relay_public.hex(),
@@ -243,6 +254,8 @@ class RelayServer:
         dedup_window_ms = self.settings.dedup_window_s * 1000
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
+            if not self.storage.is_open or self.storage.corruption is not None:
+                continue  # the storage watch reports these states
             try:
                 sweep = await self.storage.sweep(self.core.clock(), dedup_window_ms)
             except Exception as exc:
@@ -280,6 +293,7 @@ class RelayServer:
         storage_closed = await self._close_storage(
             began + timeout_s * (IN_FLIGHT_SHARE + STORAGE_SHARE)
         )
+        self.storage_watch.release()
         deadline = began + timeout_s
         # Tasks resumed by the final commit send their answers now, before
         # the socket closes.

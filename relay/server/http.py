@@ -9,14 +9,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from relay import PROTOCOL_VERSION, __version__
-from relay.ops.health import DatabaseProbe, HealthReport, evaluate
+from relay.ops.health import (
+    GAUGE_HELP,
+    DatabaseProbe,
+    HealthReport,
+    Thresholds,
+    evaluate,
+    read_figures,
+)
 from relay.ops.metrics import render
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from relay.core.relay import RelayCore
-    from relay.storage.base import Storage
+    from relay.storage.sqlite import SqliteStorage
 
 
 class HealthBody(BaseModel):
@@ -27,6 +34,13 @@ class HealthBody(BaseModel):
     max_connections: int
     database_ok: bool
     queue_size: int
+    oldest_message_age_seconds: float | None
+    database_bytes: int
+    wal_bytes: int
+    disk_free_bytes: int | None
+    disk_total_bytes: int | None
+    disk_free_percent: float | None
+    commit_latency_p95_ms: float | None
     reasons: list[str]
 
 
@@ -46,22 +60,10 @@ def wants_prometheus_text(accept: str) -> bool:
     return "openmetrics-text" in accept or "text/plain" in accept
 
 
-_HEALTH_HELP = {
-    "health_status": "Health status: 2 healthy, 1 degraded, 0 unhealthy.",
-    "health_up": "Always 1 when /health answers.",
-    "health_uptime_seconds": "Seconds since the relay started.",
-    "health_active_connections": "Live sessions.",
-    "health_max_connections": "Configured live session limit (MAX_CONNECTIONS).",
-    "health_database_ok": "1 when the database check query succeeds, else 0.",
-    "health_queue_size": "Messages waiting in all mailboxes.",
-}
-
-
 def health_text(report: HealthReport) -> bytes:
     lines = []
     for name, value in report.gauges().items():
-        help_text = _HEALTH_HELP.get(name, name.removeprefix("health_").replace("_", " "))
-        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# HELP {name} {GAUGE_HELP[name]}")
         lines.append(f"# TYPE {name} gauge")
         lines.append(f"{name} {float(value)!r}")
     return ("\n".join(lines) + "\n").encode()
@@ -73,7 +75,7 @@ class OpsState:
     def __init__(
         self,
         core: "RelayCore",
-        storage: "Storage",
+        storage: "SqliteStorage",
         registry: "CollectorRegistry",
         started_monotonic: float,
     ) -> None:
@@ -82,6 +84,7 @@ class OpsState:
         self.registry = registry
         self.started = started_monotonic
         self.probe = DatabaseProbe(storage, core.settings.database_check_timeout_s)
+        self.thresholds = Thresholds.from_settings(core.settings)
 
     async def health(self) -> HealthReport:
         database_ok = await self.probe.check()
@@ -92,6 +95,8 @@ class OpsState:
             database_ok=database_ok,
             database_error=self.probe.error,
             queue_size=self.storage.stats().queue_size,
+            figures=read_figures(self.storage, self.core.clock()),
+            thresholds=self.thresholds,
         )
 
 

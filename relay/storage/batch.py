@@ -22,6 +22,7 @@ from relay.storage.operations import (
     AcknowledgeMessages,
     EnqueueMessage,
     EraseUser,
+    ProbeWrite,
     RegisterUser,
     SweepExpired,
     WriteOperation,
@@ -89,6 +90,19 @@ DELETE FROM mailbox_messages WHERE expires_at_ms <= ? RETURNING {SUMMARY_COLUMNS
 
 _PURGE_DEDUP_RECORDS = "DELETE FROM dedup_records WHERE recorded_at_ms < ?"
 
+# A write probe inserts and deletes this dedup record in one transaction. The
+# commit appends pages to the WAL like any batch, and leaves no row behind.
+# No user has an empty id, so the key cannot meet a real record. The 64 KiB
+# message id, larger than any MESSAGE payload, makes the probe fail where a
+# large message would, since on a nearly full disk small commits can still
+# fit in space that a failed batch left allocated in the WAL file.
+_PROBE_KEY = ("", "storage-write-probe-" + "x" * 65_536)
+_INSERT_PROBE = """
+INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
+VALUES (?, ?, 1, 0)
+"""
+_DELETE_PROBE = "DELETE FROM dedup_records WHERE sender_id = ? AND message_id = ?"
+
 # The two AckStatus values that dedup_records.status stores, as plain integers.
 _STATUS_DELIVERED = int(AckStatus.DELIVERED)
 _STATUS_EXPIRED = int(AckStatus.EXPIRED)
@@ -134,10 +148,10 @@ class BatchTransaction:
 
         Registrations run first, so that a message to a user registering in
         the same batch finds that user. Enqueues follow, then
-        acknowledgements, sweeps and erasures.
+        acknowledgements, sweeps, erasures and write probes.
         """
-        registrations, enqueues, acknowledgements, sweeps, erasures = _by_kind(
-            operations
+        registrations, enqueues, acknowledgements, sweeps, erasures, probes = (
+            _by_kind(operations)
         )
         if registrations:
             await self._register(registrations)
@@ -149,6 +163,9 @@ class BatchTransaction:
             await self._sweep(sweep)
         for erasure in erasures:
             await self._erase(erasure)
+        if probes:
+            await self._db.execute(_INSERT_PROBE, _PROBE_KEY)
+            await self._db.execute(_DELETE_PROBE, _PROBE_KEY)
 
     # --- registrations ---------------------------------------------------------------
 
@@ -313,7 +330,14 @@ class BatchTransaction:
 
 
 def _by_kind(operations: Sequence[WriteOperation]) -> tuple[list, ...]:
-    kinds = (RegisterUser, EnqueueMessage, AcknowledgeMessages, SweepExpired, EraseUser)
+    kinds = (
+        RegisterUser,
+        EnqueueMessage,
+        AcknowledgeMessages,
+        SweepExpired,
+        EraseUser,
+        ProbeWrite,
+    )
     groups: dict[type, list] = {kind: [] for kind in kinds}
     for op in operations:
         groups[type(op)].append(op)

@@ -31,6 +31,32 @@ PRAGMA foreign_keys = OFF;
 # near 90 ms instead of 50 ms.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 
+# Size the WAL file is cut back to when a checkpoint lets the log start over.
+# Without a limit the file keeps the largest size it ever reached, so the WAL
+# size on /health would never fall after a spike or a blocked checkpoint.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+# Primary result codes of SQLite (https://sqlite.org/rescode.html) that mean
+# the file itself is damaged, as opposed to busy, full or unreadable for now.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Tell whether an error reports a damaged file ("malformed", "not a database")."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (
+        code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    )
+
+
+def read_header_magic(path: Path) -> bytes:
+    """Return the first 16 bytes of a file, which SQLite fills with SQLITE_MAGIC."""
+    with open(path, "rb") as file:
+        return file.read(len(SQLITE_MAGIC))
+
 
 def prepare_file(path: Path) -> int:
     """Create the folder, apply migrations and return the bound-variable limit.
@@ -46,12 +72,30 @@ def prepare_file(path: Path) -> int:
             "or newer"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size == 0:
+        _create_incremental(path)
     migrate(path)
     probe = sqlite3.connect(":memory:")
     try:
         return probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     finally:
         probe.close()
+
+
+def _create_incremental(path: Path) -> None:
+    """Start a new file with auto_vacuum INCREMENTAL and the WAL journal.
+
+    Incremental vacuum gives free pages back to the file system in short
+    transactions, so maintenance can shrink the file while a relay writes.
+    SQLite only accepts the mode before the first table exists, and setting
+    the journal mode writes it into the file header.
+    """
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        connection.execute("PRAGMA journal_mode = WAL")
+    finally:
+        connection.close()
 
 
 async def connect(
@@ -78,7 +122,9 @@ async def connect(
             script = _PRAGMAS + "PRAGMA query_only = ON;"
         else:
             script = (
-                _PRAGMAS + f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+                _PRAGMAS
+                + f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
+                + f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
             )
         await connection.executescript(script)
     except BaseException:

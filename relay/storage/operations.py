@@ -70,6 +70,26 @@ class EraseUser:
         return None
 
 
+@dataclass(eq=False, slots=True)
+class ProbeWrite:
+    """A write that leaves no trace, to learn whether commits work again.
+
+    The writer submits nothing by itself: the server sends probes while
+    writes are failing, so that an idle relay notices when disk space
+    returns.
+    """
+
+    future: asyncio.Future
+
+    def result(self, index: MailboxIndex) -> None:
+        return None
+
+
 WriteOperation = (
-    RegisterUser | EnqueueMessage | AcknowledgeMessages | SweepExpired | EraseUser
+    RegisterUser
+    | EnqueueMessage
+    | AcknowledgeMessages
+    | SweepExpired
+    | EraseUser
+    | ProbeWrite
 )

@@ -5,6 +5,11 @@ connection, and fetch and check use the read connection, which WAL lets run
 beside the writer. Each aiosqlite connection runs its SQLite calls on its
 own thread, never on the event loop. Quotas and pending counts come from the
 in-memory mailbox index that the writer keeps in step with the file.
+
+A read or write that reports a damaged file ("database disk image is
+malformed", "file is not a database") marks the open storage corrupt for
+good. From then on writes are rejected and check() fails, so that nothing
+more is acknowledged into a file that must be restored from a backup.
 """
 
 import asyncio
@@ -27,12 +32,19 @@ from relay.storage.base import (
     StoredMessage,
     Sweep,
 )
-from relay.storage.connection import connect, prepare_file
+from relay.storage.connection import (
+    SQLITE_MAGIC,
+    connect,
+    is_corruption,
+    prepare_file,
+    read_header_magic,
+)
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import (
     AcknowledgeMessages,
     EnqueueMessage,
     EraseUser,
+    ProbeWrite,
     RegisterUser,
     SweepExpired,
     WriteOperation,
@@ -85,7 +97,8 @@ class SqliteStorage:
 
     Beyond the Storage protocol it exposes figures for health reports:
     commit_count, committed_operations, failed_batch_count,
-    commit_latencies_ms, last_error, last_error_at_ms and write_failing.
+    commit_latencies_ms, last_error, last_error_at_ms, write_failing,
+    corruption, open_error and file_sizes().
     """
 
     def __init__(
@@ -118,6 +131,8 @@ class SqliteStorage:
         self._closed = False
         self._read_error: str | None = None
         self._read_error_at_ms: int | None = None
+        self._read_corruption: str | None = None
+        self.open_error: str | None = "not opened yet"
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -133,9 +148,7 @@ class SqliteStorage:
         try:
             library_limit = await asyncio.to_thread(prepare_file, self.path)
         except (sqlite3.Error, OSError) as exc:
-            raise StorageUnavailable(
-                f"cannot open database {self.path}: {exc}"
-            ) from exc
+            raise self._open_failed(exc) from exc
         max_variables = min(
             library_limit, self._max_statement_variables or library_limit
         )
@@ -148,9 +161,9 @@ class SqliteStorage:
             for connection in (reader, write_connection):
                 if connection is not None:
                     await _close_quietly(connection)
-            raise StorageUnavailable(
-                f"cannot open database {self.path}: {exc}"
-            ) from exc
+            raise self._open_failed(exc) from exc
+        self.open_error = None
+        self._read_corruption = None
         self._reader = reader
         self._writer = GroupCommitWriter(
             write_connection, index, self.quotas, self.write_batch_max, max_variables
@@ -162,6 +175,16 @@ class SqliteStorage:
             messages=index.message_count,
             mailboxes=index.mailbox_count(),
         )
+
+    def _open_failed(self, exc: BaseException) -> StorageUnavailable:
+        self.open_error = f"cannot open database {self.path}: {exc}"
+        if is_corruption(exc):
+            self._read_corruption = f"{type(exc).__name__}: {exc}"
+        return StorageUnavailable(self.open_error)
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None and not self._closed
 
     async def close(self) -> None:
         """Refuse new work, commit everything queued, then close the file.
@@ -191,6 +214,19 @@ class SqliteStorage:
             log.warning("storage_close_cancelled", path=str(self.path))
             raise
         log.info("storage_closed", path=str(self.path))
+
+    async def suspend(self, reason: str) -> None:
+        """Close the database as close() does, but leave the storage able to open again.
+
+        Until the next open(), writes and checks raise StorageUnavailable
+        naming reason.
+        """
+        await self.close()
+        self._writer = None
+        self._reader = None
+        self._closed = False
+        self._read_corruption = None
+        self.open_error = reason
 
     async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
         return await connect(
@@ -235,10 +271,23 @@ class SqliteStorage:
         operation = SweepExpired(self._new_future(), now_ms, dedup_window_ms)
         return await self._submit(operation)
 
+    async def probe_write(self) -> None:
+        """Commit a write that leaves no row behind, or raise StorageUnavailable.
+
+        A success ends the write_failing state, so an idle relay notices
+        when the disk has room again.
+        """
+        await self._submit(ProbeWrite(self._new_future()))
+
     async def _submit(self, operation: WriteOperation) -> object:
         writer = self._writer
-        if writer is None or self._closed:
+        if writer is None:
+            raise StorageUnavailable(f"database not open: {self.open_error}")
+        if self._closed:
             raise StorageUnavailable("storage is closed")
+        corruption = self.corruption
+        if corruption is not None:
+            raise StorageUnavailable(f"database file is corrupt: {corruption}")
         writer.submit(operation)
         return await operation.future
 
@@ -274,19 +323,26 @@ class SqliteStorage:
         return Fetched(entries, remaining)
 
     async def check(self) -> None:
-        """Run a real query on the read connection within check_timeout_s.
+        """Check the file header, then run a real query within check_timeout_s.
 
-        Raises StorageUnavailable when the query fails or times out, and
-        also while the latest write batch failed, because the relay then
-        cannot store messages.
+        Raises StorageUnavailable when the storage is not open, when the file
+        is missing, corrupt or its header is not SQLite's, when the query
+        fails or times out, and also while writes are failing, because the
+        relay then cannot store messages.
         """
         writer = self._writer
-        if writer is not None and writer.failing:
-            raise StorageUnavailable(
-                f"latest database write failed: {writer.last_error}"
-            )
+        if writer is None:
+            raise StorageUnavailable(f"database not open: {self.open_error}")
         reader = self._reader
         try:
+            await asyncio.wait_for(self._check_header(), self.check_timeout_s)
+            corruption = self.corruption
+            if corruption is not None:
+                raise StorageUnavailable(f"database file is corrupt: {corruption}")
+            if writer.failing:
+                raise StorageUnavailable(
+                    f"latest database write failed: {writer.last_error}"
+                )
             await asyncio.wait_for(self._read(_CHECK, ()), self.check_timeout_s)
         except TimeoutError:
             if reader is not None and not self._closed:
@@ -296,6 +352,27 @@ class SqliteStorage:
             self._note_read_error(message)
             raise StorageUnavailable(message) from None
 
+    async def _check_header(self) -> None:
+        """Read the file's first bytes, which open connections may never reread.
+
+        A header overwritten under a running relay goes unnoticed by its
+        connections until a query needs the damaged page, so the check reads
+        the file itself.
+        """
+        try:
+            magic = await asyncio.to_thread(read_header_magic, self.path)
+        except FileNotFoundError:
+            raise StorageUnavailable(f"database file {self.path} is missing") from None
+        except OSError as exc:
+            self._note_read_error(f"cannot read {self.path}: {exc}")
+            raise StorageUnavailable(f"cannot read {self.path}: {exc}") from exc
+        if magic != SQLITE_MAGIC:
+            self._read_corruption = self._read_corruption or "file is not a database"
+            self._note_read_error("file is not a database")
+            raise StorageUnavailable(
+                f"database file is corrupt: {self._read_corruption}"
+            )
+
     async def _read(self, sql: str, parameters: object) -> list:
         reader = self._reader
         if reader is None or self._closed:
@@ -303,8 +380,14 @@ class SqliteStorage:
         try:
             return list(await reader.execute_fetchall(sql, parameters))
         except (sqlite3.Error, ValueError) as exc:
-            self._note_read_error(f"{type(exc).__name__}: {exc}")
-            raise StorageUnavailable(f"database read failed: {exc}") from exc
+            description = f"{type(exc).__name__}: {exc}"
+            self._note_read_error(description)
+            if not is_corruption(exc):
+                raise StorageUnavailable(f"database read failed: {exc}") from exc
+            if self._read_corruption is None:
+                self._read_corruption = description
+                log.error("database_corrupt", path=str(self.path), error=description)
+            raise StorageUnavailable(f"database file is corrupt: {exc}") from exc
 
     def _note_read_error(self, description: str) -> None:
         self._read_error = description
@@ -376,8 +459,26 @@ class SqliteStorage:
 
     @property
     def write_failing(self) -> bool:
-        """True while the latest write batch failed."""
+        """True from a failed write batch until a batch that changed rows commits."""
         return self._writer is not None and self._writer.failing
+
+    @property
+    def corruption(self) -> str | None:
+        """The first error that reported a damaged file, or None; it stays set."""
+        if self._read_corruption is not None:
+            return self._read_corruption
+        return None if self._writer is None else self._writer.corruption
+
+    def file_sizes(self) -> tuple[int, int]:
+        """Return the sizes in bytes of the database file and its WAL (0 if absent)."""
+        return _size(self.path), _size(self.path.with_name(self.path.name + "-wal"))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 async def _close_quietly(connection: aiosqlite.Connection) -> None:

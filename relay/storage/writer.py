@@ -10,7 +10,10 @@ around it is exact.
 
 A failed batch fails its futures with StorageUnavailable and the writer
 keeps serving: when the cause goes away (disk space returns, a lock is
-released), later batches succeed without a restart.
+released), later batches succeed without a restart. Only a batch that
+changed rows ends the failing state, because a commit that wrote nothing
+succeeds even on a full disk. A batch that reports a damaged file sets
+`corruption`, which stays set, because a damaged file needs an operator.
 """
 
 import asyncio
@@ -25,6 +28,7 @@ import structlog
 
 from relay.storage.base import Quotas, StorageUnavailable
 from relay.storage.batch import BatchTransaction, IndexChanges
+from relay.storage.connection import is_corruption
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import EraseUser, WriteOperation
 
@@ -48,8 +52,10 @@ class GroupCommitWriter:
 
     Public counters for health reports: commit_count, committed_operations,
     failed_batch_count, commit_latencies_ms (the last 64 batches, from BEGIN
-    to the end of COMMIT), last_error with last_error_at_ms, and failing
-    (True while the latest batch failed).
+    to the end of COMMIT), last_error with last_error_at_ms, failing and
+    corruption. failing is True from a failed batch until a batch that
+    changed rows commits. corruption is the first error that reported a
+    damaged file, or None.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class GroupCommitWriter:
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
         self.failing = False
+        self.corruption: str | None = None
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -169,6 +176,7 @@ class GroupCommitWriter:
         if self._index_stale:
             await self._rebuild_index()
         started = time.perf_counter()
+        changes_before = self._db.total_changes
         transaction = BatchTransaction(
             self._db, self.index, self._quotas, self._max_variables
         )
@@ -178,7 +186,8 @@ class GroupCommitWriter:
         self._stage = _Stage.COMMITTING
         await self._db.execute("COMMIT")
         self._stage = _Stage.IDLE
-        self._record_commit(started, len(batch))
+        changed = self._db.total_changes != changes_before
+        self._record_commit(started, len(batch), changed)
         return transaction.changes
 
     async def _recover(self, exc: Exception, operations: int) -> None:
@@ -216,21 +225,23 @@ class GroupCommitWriter:
             log.exception("mailbox_index_update_failed")
             self._index_stale = True
 
-    def _record_commit(self, started: float, operations: int) -> None:
+    def _record_commit(self, started: float, operations: int, changed: bool) -> None:
         self.commit_latencies_ms.append((time.perf_counter() - started) * 1000)
         self.commit_count += 1
         self.committed_operations += operations
-        if self.failing:
+        if self.failing and changed:
             log.info(
                 "database_writes_recovered", failed_batches=self.failed_batch_count
             )
-        self.failing = False
+            self.failing = False
 
     def _record_failure(self, exc: Exception, operations: int) -> None:
         self.failed_batch_count += 1
         self.failing = True
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.last_error_at_ms = int(time.time() * 1000)
+        if self.corruption is None and is_corruption(exc):
+            self.corruption = self.last_error
         now = time.monotonic()
         if now - self._failure_logged_at < FAILURE_LOG_INTERVAL_S:
             self._unlogged_failures += 1
