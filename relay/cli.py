@@ -18,18 +18,31 @@ def serve() -> int:
     from relay.ops.logging import configure_logging
     from relay.server.app import RelayServer
     from relay.server.udp import BindError
+    from relay.storage.base import StorageUnavailable
+    from relay.storage.migrate import MigrationError
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 2
-    sink = configure_logging(
-        settings.log_level, settings.log_format, settings.fly_region, settings.log_file
-    )
+    try:
+        sink = configure_logging(
+            settings.log_level,
+            settings.log_format,
+            settings.fly_region,
+            settings.log_file,
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        message = f"cannot open LOG_FILE {settings.log_file}: {reason}"
+        print(f"yaok-relay: {message}", file=sys.stderr)
+        return 2
     try:
         uvloop.run(RelayServer(settings, sink).run())
-    except (BindError, ConfigError) as exc:
+    # A database that cannot be opened stops start-up like a bad setting:
+    # one line, since the operator has to fix the file or DATABASE_URL.
+    except (BindError, ConfigError, StorageUnavailable, MigrationError) as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 1
     finally:
