@@ -3,11 +3,11 @@
 Phase one measures the legitimate traffic alone: pairs of phones, each
 sender with one message in flight, pushed to its recipient, which
 acknowledges it. Two more phases repeat that during a flood from two more
-processes: one sends unauthenticated REGISTERs, forged cookies, guessed
+processes. One sends unauthenticated REGISTERs, forged cookies, guessed
 session ids and garbage from tens of thousands of loopback source
-addresses, first at 20,000 datagrams a second, then as fast as it can;
-the other completes real registrations of fresh user ids from fresh
-addresses until the session table is full. Throughout, a
+addresses, at 20,000 datagrams a second in the first flood phase and as
+fast as it can in the second. The other completes real registrations of
+fresh user ids from fresh addresses until the session table is full. Throughout, a
 sampler reads the relay's table sizes from /metrics and its memory from
 /proc. Every message acknowledged QUEUED must reach its recipient in the
 end. YAOK_LONG_TESTS=1 floods for 30 s instead of 5.
@@ -39,7 +39,7 @@ BASELINE_S = 10 if LONG else 3
 FLOOD_S = 30 if LONG else 5
 PAIRS = 4
 # A message not pushed within this time counts as late, and the pair sends
-# its next one, as a phone retransmitting would; the late one stays in the
+# its next one, as a phone retransmitting would. The late one stays in the
 # mailbox and is fetched at the end.
 LATE_S = 0.5
 SAMPLE_EVERY_S = 0.25
