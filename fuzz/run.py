@@ -1,17 +1,21 @@
 """Run one fuzz target under atheris for a bounded time.
 
-    python -m fuzz.run TARGET [--seconds N] [--runs N] [--keep-corpus]
+    python -m fuzz.run TARGET [--seconds N] [--runs N] [--work DIR]
+                              [--keep-corpus]
 
-The target starts from its saved inputs in fuzz/corpus/TARGET/. New inputs
-that reach new code go to a temporary folder, or to fuzz/corpus/TARGET/
-with --keep-corpus. An input that breaks the target is written to
-fuzz/findings/TARGET/ and the command exits non-zero; once the fault is
-fixed, move the file into fuzz/corpus/TARGET/ so that the suite replays it.
+The target starts from its saved inputs in fuzz/corpus/TARGET/ and from
+the inputs of earlier runs in the work folder (default fuzz/work/TARGET/,
+which git ignores). New inputs that reach new code go to the work folder,
+or to fuzz/corpus/TARGET/ with --keep-corpus. An input that breaks the
+target is written to fuzz/findings/TARGET/ and the command exits non-zero;
+once the fault is fixed, move the file into fuzz/corpus/TARGET/ so that
+the suite replays it.
 libFuzzer prints its final statistics last, among them
 `stat::number_of_executed_units`, the number of inputs tried.
 """
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +23,7 @@ from pathlib import Path
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
 FINDINGS_DIR = FUZZ_DIR / "findings"
+WORK_DIR = FUZZ_DIR / "work"
 TARGET_NAMES = ("codec", "register", "cookie", "client", "core", "config", "http")
 # libFuzzer's own limits: the longest input, and seconds one input may take.
 MAX_INPUT_BYTES = 4096
@@ -41,6 +46,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         help="stop after this many inputs (default: no limit)",
     )
     parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder for new inputs (default fuzz/work/TARGET/)",
+    )
+    parser.add_argument(
         "--keep-corpus",
         action="store_true",
         help="save new coverage-increasing inputs into fuzz/corpus/TARGET/",
@@ -56,14 +66,16 @@ def main(argv: list[str] | None = None) -> None:
     with atheris.instrument_imports(include=["relay", "fuzz"]):
         from fuzz.targets import TARGETS
 
-    target = TARGETS[arguments.target]()
     corpus = CORPUS_DIR / arguments.target
     findings = FINDINGS_DIR / arguments.target
     corpus.mkdir(parents=True, exist_ok=True)
     findings.mkdir(parents=True, exist_ok=True)
-    work = (
-        corpus if arguments.keep_corpus else Path(tempfile.mkdtemp(prefix="yaok-fuzz-"))
-    )
+    work = arguments.work or WORK_DIR / arguments.target
+    if arguments.keep_corpus:
+        work = corpus
+    work.mkdir(parents=True, exist_ok=True)
+    _keep_state_beside(work)
+    target = TARGETS[arguments.target]()
     folders = [str(work)] if work == corpus else [str(work), str(corpus)]
     libfuzzer_arguments = [
         sys.argv[0],
@@ -78,6 +90,19 @@ def main(argv: list[str] | None = None) -> None:
     atheris.Setup(libfuzzer_arguments, target)
     # Never returns: libFuzzer exits the process when time or runs are up.
     atheris.Fuzz()
+
+
+def _keep_state_beside(work: Path) -> None:
+    """Put the targets' temporary files (a relay database) in WORK.state/.
+
+    libFuzzer ends the process without Python's clean-up, so temporary
+    folders would otherwise pile up; this one is emptied at every start.
+    It is not inside the work folder, whose files libFuzzer reads as inputs.
+    """
+    state = work.with_name(work.name + ".state")
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    tempfile.tempdir = str(state)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,15 @@ def test_corpus_replays_without_findings(name):
     record("fuzz_corpus", {name: {"files": len(files), "regressions": regressions}})
 
 
-def test_atheris_runs_find_nothing():
+def test_atheris_runs_find_nothing(tmp_path):
     """Fuzz every target at once for a few seconds; none may find a fault."""
     pytest.importorskip("atheris", reason="atheris is in the test extra")
     runs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "fuzz.run", name, "--seconds", str(FUZZ_SECONDS)],
+            [
+                *(sys.executable, "-m", "fuzz.run", name),
+                *("--seconds", str(FUZZ_SECONDS), "--work", str(tmp_path / name)),
+            ],
             cwd=REPOSITORY,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
