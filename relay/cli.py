@@ -22,7 +22,8 @@ def serve() -> int:
     from relay.ops.logging import configure_logging
     from relay.server.app import RelayServer
     from relay.server.udp import BindError
-    from relay.storage import StorageUnavailable
+    from relay.storage.base import StorageUnavailable
+    from relay.storage.migrate import MigrationError
 
     try:
         settings = load_settings()
@@ -34,7 +35,9 @@ def serve() -> int:
         return 2
     try:
         uvloop.run(RelayServer(settings, sink).run())
-    except (BindError, ConfigError, StorageUnavailable) as exc:
+    # A database file the relay cannot even open as SQLite stops start-up
+    # like a bad setting: the operator has to fix the file or DATABASE_URL.
+    except (BindError, ConfigError, StorageUnavailable, MigrationError) as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 1
     finally:

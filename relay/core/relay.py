@@ -185,6 +185,27 @@ class RelayCore:
             self.send_session(session, PacketType.DRAINING, body, exempt=True)
         return len(sessions)
 
+    def table_sizes(self) -> dict[str, tuple[int, int]]:
+        """Return (entries, cap) of every table that grows with traffic.
+
+        Each cap is enforced where the table grows, so a flood can fill a
+        table but never push it past its cap.
+        """
+        sessions = self.sessions
+        limiters = {
+            "unauthenticated_limiter": self.unauthenticated,
+            "reply_limiter": self.replies,
+            "register_limiter": self.registrar.limiter,
+        }
+        sizes = {
+            "sessions": (len(sessions), self.settings.max_connections),
+            "ended_sessions": (len(sessions.ended), sessions.max_ended),
+            "cookie_ledger": (len(self.ledger), self.ledger.max_entries),
+        }
+        for name, limiter in limiters.items():
+            sizes[name] = (len(limiter), limiter.max_entries)
+        return sizes
+
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait for storage work in flight; return False if some is still running."""
         pending = set(self._tasks)

@@ -123,7 +123,25 @@ class RelayCollector:
         yield from self._requests()
         yield from self._security()
         yield from self._capacity()
+        yield from self._tables()
         yield from self._process()
+
+    def _tables(self) -> Iterator[Metric]:
+        entries = GaugeMetricFamily(
+            "relay_table_entries",
+            "Entries in each in-memory table that grows with traffic.",
+            labels=["table"],
+        )
+        capacity = GaugeMetricFamily(
+            "relay_table_capacity",
+            "Hard cap on the entries of each in-memory table.",
+            labels=["table"],
+        )
+        for name, (size, cap) in sorted(self.core.table_sizes().items()):
+            entries.add_metric([name], size)
+            capacity.add_metric([name], cap)
+        yield entries
+        yield capacity
 
     def _requests(self) -> Iterator[Metric]:
         stats = self.core.stats

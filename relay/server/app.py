@@ -57,6 +57,26 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
+def check_database_path(path: Path) -> None:
+    """Raise ConfigError when DATABASE_URL cannot name a database file at all.
+
+    A file that exists but is damaged is not a configuration error: the
+    relay then runs, reports it on /health and retries.
+    """
+    if path.is_dir():
+        raise ConfigError(
+            f"DATABASE_URL names the folder {path}: give a file path, "
+            f"such as {path / 'yaok_relay.db'}"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the database folder {path.parent} (DATABASE_URL): "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
 class RelayServer:
     def __init__(self, settings: Settings, sink: LogSink | None = None) -> None:
         self.settings = settings
@@ -106,6 +126,7 @@ class RelayServer:
         http_socket = bind_socket(
             settings.http_host, settings.http_port, socket.SOCK_STREAM, "HTTP_HOST/HTTP_PORT"
         )
+        check_database_path(settings.database_path)
         relay_key, key_created = load_or_create_relay_key(settings.key_path)
         self.storage = open_storage(settings)
         self.storage_watch = StorageWatch(

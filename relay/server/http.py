@@ -100,6 +100,11 @@ class OpsState:
         )
 
 
+# The Prometheus text form that /health and /metrics send; the schema lists
+# it so that clients and schema checkers accept either form.
+_PROMETHEUS_CONTENT = {"text/plain": {"schema": {"type": "string"}}}
+
+
 def create_app(state: OpsState) -> FastAPI:
     app = FastAPI(
         title="yaok-relay ops API",
@@ -111,7 +116,10 @@ def create_app(state: OpsState) -> FastAPI:
     @app.get(
         "/health",
         response_model=HealthBody,
-        responses={503: {"model": HealthBody, "description": "Unhealthy"}},
+        responses={
+            200: {"content": _PROMETHEUS_CONTENT},
+            503: {"model": HealthBody, "description": "Unhealthy"},
+        },
     )
     async def health(request: Request) -> Response:
         """Report health as JSON, or as health_* gauges for Prometheus.
@@ -124,7 +132,11 @@ def create_app(state: OpsState) -> FastAPI:
             return Response(health_text(report), media_type=CONTENT_TYPE_LATEST)
         return JSONResponse(report.as_dict(), status_code=report.http_status)
 
-    @app.get("/metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": _PROMETHEUS_CONTENT, "description": "Metrics"}},
+    )
     async def metrics() -> Response:
         return Response(render(state.registry), media_type=CONTENT_TYPE_LATEST)
 

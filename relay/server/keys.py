@@ -13,9 +13,21 @@ def load_or_create_relay_key(path: Path) -> tuple[X25519PrivateKey, bool]:
     """Return the relay key stored at path, creating it if missing.
 
     The file holds the 32-byte private key as 64 hex characters. Returns
-    (key, created). Raises ConfigError for a file others can read or one
-    that does not hold a key, since either needs an operator's decision.
+    (key, created). Raises ConfigError for a file others can read, one
+    that does not hold a key, or a path that cannot be read or created,
+    since each needs an operator's decision.
     """
+    try:
+        return _load_or_create(path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot read or create relay key file {path}: {reason} "
+            "(set RELAY_KEY_PATH, or DATABASE_URL beside which it is kept)"
+        ) from None
+
+
+def _load_or_create(path: Path) -> tuple[X25519PrivateKey, bool]:
     if not path.exists():
         return _create(path), True
     mode = stat.S_IMODE(path.stat().st_mode)
