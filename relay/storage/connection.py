@@ -1,5 +1,6 @@
 """Open the database file: migrations first, then configured aiosqlite connections."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -52,10 +53,34 @@ def is_corruption(exc: BaseException) -> bool:
     )
 
 
-def read_header_magic(path: Path) -> bytes:
-    """Return the first 16 bytes of a file, which SQLite fills with SQLITE_MAGIC."""
-    with open(path, "rb") as file:
-        return file.read(len(SQLITE_MAGIC))
+class HeaderReader:
+    """Reads the database file's first 16 bytes through one descriptor kept open.
+
+    Closing any descriptor of a file drops every POSIX lock the process
+    holds on it, SQLite's included. A checker that opened and closed the
+    file on each call would leave the relay's connections unlocked, and
+    the next sqlite3 run beside it would take itself for the last user,
+    checkpoint and delete the WAL under the relay. So the descriptor opens
+    with the connections and closes only after them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._descriptor: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read_magic(self) -> bytes:
+        """Return the bytes where SQLite keeps SQLITE_MAGIC; blocking."""
+        if self._descriptor is None:
+            raise ValueError("header reader is closed")
+        if not self.path.exists():
+            raise FileNotFoundError(self.path)
+        return os.pread(self._descriptor, len(SQLITE_MAGIC), 0)
+
+    def close(self) -> None:
+        """Close the descriptor; call only after every connection is closed."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 def prepare_file(path: Path) -> int:

@@ -37,7 +37,7 @@ from relay.storage.connection import (
     connect,
     is_corruption,
     prepare_file,
-    read_header_magic,
+    HeaderReader,
 )
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import (
@@ -128,6 +128,7 @@ class SqliteStorage:
         self._max_statement_variables = max_statement_variables
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
+        self._header: HeaderReader | None = None
         self._closed = False
         self._read_error: str | None = None
         self._read_error_at_ms: int | None = None
@@ -152,16 +153,20 @@ class SqliteStorage:
         max_variables = min(
             library_limit, self._max_statement_variables or library_limit
         )
-        write_connection = reader = None
+        write_connection = reader = header = None
         try:
             write_connection = await self._connect(read_only=False)
             reader = await self._connect(read_only=True)
+            header = HeaderReader(self.path)
             index = await MailboxIndex.load(write_connection)
         except (sqlite3.Error, OSError, ValueError) as exc:
             for connection in (reader, write_connection):
                 if connection is not None:
                     await _close_quietly(connection)
+            if header is not None:
+                header.close()
             raise self._open_failed(exc) from exc
+        self._header = header
         self.open_error = None
         self._read_corruption = None
         self._reader = reader
@@ -205,6 +210,9 @@ class SqliteStorage:
             except (sqlite3.Error, ValueError) as exc:
                 log.warning("wal_checkpoint_failed", error=str(exc))
             await _close_quietly(writer.connection)
+            if self._header is not None:
+                self._header.close()
+                self._header = None
         except asyncio.CancelledError:
             # A caller's deadline ran out. Stopping the connection threads
             # without waiting rolls back an open transaction and lets the
@@ -360,7 +368,9 @@ class SqliteStorage:
         the file itself.
         """
         try:
-            magic = await asyncio.to_thread(read_header_magic, self.path)
+            if self._header is None:
+                raise StorageUnavailable("storage is closed")
+            magic = await asyncio.to_thread(self._header.read_magic)
         except FileNotFoundError:
             raise StorageUnavailable(f"database file {self.path} is missing") from None
         except OSError as exc:
