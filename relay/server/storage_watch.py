@@ -103,7 +103,9 @@ class StorageWatch:
 
     def _take_lock(self) -> bool:
         try:
-            self.lock.acquire(exclusive=False)
+            # Exclusive, so a second relay on the same file waits with 503
+            # instead of serving from its own, diverging mailbox index.
+            self.lock.acquire(exclusive=True)
         except (DatabaseInUse, OSError) as exc:
             self.storage.open_error = str(exc)
             self._open_failures.failed(

@@ -1,11 +1,14 @@
 """The database's lock file, which shows tools whether a relay is using the file.
 
-A running relay holds a shared flock(2) on `<database>.lock` while it uses
-the database, and also while it retries opening a database it could not
-open. It lets go only while `<database>.hold` exists, which an operator
-creates to restore or VACUUM without stopping the process. Tools that must
-not run beside a relay, such as restore and a blocking VACUUM, take the
-lock exclusively, which fails at once while any relay holds it.
+A running relay holds an exclusive flock(2) on `<database>.lock` while it
+uses the database, and also while it retries opening a database it could
+not open. It lets go only while `<database>.hold` exists, which an
+operator creates to restore or VACUUM without stopping the process. Tools
+that must not run beside a relay, such as restore and a blocking VACUUM,
+take the lock exclusively too, which fails at once while a relay holds it.
+A second relay started on the same file cannot take it either: it keeps
+answering 503 and retrying, since two relays would each keep their own
+in-memory mailbox index and disagree.
 
 The kernel drops the lock when its process exits, so a killed relay leaves
 no stale lock behind. flock is local to one host, as a Fly volume is.
@@ -30,7 +33,7 @@ def hold_path(database: Path) -> Path:
 
 
 class DatabaseLock:
-    """A flock on `<database>.lock`, shared for relays and exclusive for tools."""
+    """A flock on `<database>.lock`: exclusive for relays and for tools."""
 
     def __init__(self, database: Path) -> None:
         self.path = lock_path(Path(database))

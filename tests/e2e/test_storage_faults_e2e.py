@@ -88,7 +88,7 @@ def test_corrupt_file_at_start_serves_503_and_retries(relay_factory, tmp_path):
 
     # The operator moves the damaged file aside; the next retry opens a new one.
     database.rename(directory / "yaok_relay.db.corrupt")
-    assert relay.wait_for(lambda: relay.health()[0] == 200, 10)
+    assert relay.wait_for(lambda: relay.health()[0] == 200, 30)
     assert relay.pid == pid
     assert relay.returncode == -999
     alice = UdpPhone(relay.udp_address, relay.relay_public_key)
@@ -235,7 +235,7 @@ def check_full_disk(relay, alice: UdpPhone, bob: UdpPhone) -> None:
     grown = relay.in_namespace("mount", "-o", "remount,size=64m", str(relay.directory))
     assert grown.returncode == 0, grown.stderr
     # The write probe notices the space without any message arriving.
-    assert relay.wait_for(lambda: relay.health()[0] == 200, 10)
+    assert relay.wait_for(lambda: relay.health()[0] == 200, 30)
     assert relay.events("database_writes_recovered")
     assert send_and_wait(alice, bob) == AckStatus.QUEUED
     assert relay.pid == pid

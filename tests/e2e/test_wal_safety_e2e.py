@@ -65,3 +65,21 @@ def test_health_checks_keep_sqlite_locks(relay, phones):
     response = bob.receive()
     assert isinstance(response, PollResponseReceived)
     assert sorted(e.message_id for e in response.response.entries) == sorted(queued)
+
+
+def test_second_relay_on_same_database_waits(relay, relay_factory, phones):
+    """Two relays on one file would keep two mailbox indexes; the second waits."""
+    second = relay_factory(relay.directory, RELAY_KEY_PATH=str(relay.directory / "relay_key"))
+    status, health = second.health()
+    assert status == 503
+    assert health["database_ok"] is False
+    assert any("lock" in reason for reason in health["reasons"])
+
+    alice, bob = phones
+    alice.register()
+    bob.register()
+    alice.send(alice.message(bob))
+    event = alice.receive()
+    assert event.status == AckStatus.QUEUED
+    status, _ = relay.health()
+    assert status == 200
