@@ -1,6 +1,7 @@
 """The yaok-relay command: serve the relay, or run one of its tools."""
 
 import argparse
+import os
 import sys
 
 from relay import __version__
@@ -25,6 +26,9 @@ def serve() -> int:
     from relay.storage.base import StorageUnavailable
     from relay.storage.migrate import MigrationError
 
+    # The database, its WAL and the log hold users' metadata: no access for
+    # other users, read access for the group (log shippers).
+    os.umask(0o027)
     try:
         settings = load_settings()
         sink = configure_logging(

@@ -156,6 +156,16 @@ class Settings(BaseSettings):
     backup_keep_daily: int = _int(30, 1, 3_650, "days")
     backup_keep_monthly: int = _int(12, 0, 1_200, "months")
 
+    @field_validator(
+        "relay_key_path", "log_file", "pid_file", "backup_dir", mode="before"
+    )
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # VAR= in a shell or an env file means "not set", not the current folder.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

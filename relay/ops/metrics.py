@@ -162,7 +162,7 @@ class RelayCollector:
         )
         yield _labelled_counter(
             "relay_dropped_datagrams",
-            "Datagrams dropped without an answer, by reason.",
+            "Datagrams not served, by reason (most dropped silently).",
             "reason",
             stats.dropped,
         )

@@ -202,6 +202,16 @@ class RelayServer:
             pid_file=None if settings.pid_file is None else str(settings.pid_file),
             prometheus_endpoint=settings.prometheus_endpoint,
         )
+        if key_created:
+            # Phones pin the relay key, so a new key on a relay that served
+            # before (a wrong DATABASE_URL, a lost volume) locks them out.
+            log.warning(
+                "relay_key_created",
+                relay_key_path=str(settings.key_path),
+                relay_public_key=self.core.relay_public.hex(),
+                action="if this relay served phones before, stop it and restore "
+                "its key file (docs/operations.md, Relay key)",
+            )
 
     # --- PID file ---------------------------------------------------------------
 

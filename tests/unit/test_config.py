@@ -89,3 +89,9 @@ def test_serve_with_bad_value_prints_one_line(tmp_path):
     assert len(lines) == 1
     assert "RELAY_PORT='not-a-port'" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", ["RELAY_KEY_PATH", "LOG_FILE", "PID_FILE", "BACKUP_DIR"])
+def test_empty_path_setting_means_unset(monkeypatch, name):
+    monkeypatch.setenv(name, "")
+    assert getattr(load_settings(), name.lower()) is None
