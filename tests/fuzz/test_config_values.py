@@ -108,6 +108,7 @@ def _start_up_cases(tmp_path, taken_port: int) -> dict[str, dict[str, str]]:
 
 def test_start_up_failures_print_one_line(tmp_path):
     holder = _free_port_taken()
+    runs: dict[str, subprocess.Popen] = {}
     try:
         cases = _start_up_cases(tmp_path, holder.getsockname()[1])
         base = {
@@ -143,6 +144,11 @@ def test_start_up_failures_print_one_line(tmp_path):
             results[name] = (run.returncode, stderr)
     finally:
         holder.close()
+        # A case that failed must not leave the other relays running.
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
     for name, (code, stderr) in results.items():
         lines = stderr.strip().splitlines()
         assert code != 0, f"{name}: exit code 0"
