@@ -212,21 +212,31 @@ class SqliteStorage:
         return await self._submit(operation)
 
     async def enqueue(self, message: StoredMessage) -> AckStatus:
+        return await self.submit_enqueue(message)
+
+    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[AckStatus]":
         if not isinstance(message.payload, bytes):
             raise TypeError(
                 f"payload must be bytes, got {type(message.payload).__name__}"
             )
-        return await self._submit(EnqueueMessage(self._new_future(), message))
+        return self._submit(EnqueueMessage(self._new_future(), message))
 
     async def acknowledge(
         self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
     ) -> list[Receipt]:
+        return await self.submit_acknowledge(recipient_id, keys, now_ms)
+
+    def submit_acknowledge(
+        self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
+    ) -> "asyncio.Future[list[Receipt]]":
         if not keys:
-            return []
+            done = self._new_future()
+            done.set_result([])
+            return done
         operation = AcknowledgeMessages(
             self._new_future(), recipient_id, list(keys), now_ms
         )
-        return await self._submit(operation)
+        return self._submit(operation)
 
     async def erase_user(self, user_id: str) -> None:
         await self._submit(EraseUser(self._new_future(), user_id))
@@ -235,12 +245,16 @@ class SqliteStorage:
         operation = SweepExpired(self._new_future(), now_ms, dedup_window_ms)
         return await self._submit(operation)
 
-    async def _submit(self, operation: WriteOperation) -> object:
+    def _submit(self, operation: WriteOperation) -> asyncio.Future:
+        """Queue an operation for the writer and return its future.
+
+        Raises StorageUnavailable at once when the storage is closed.
+        """
         writer = self._writer
         if writer is None or self._closed:
             raise StorageUnavailable("storage is closed")
         writer.submit(operation)
-        return await operation.future
+        return operation.future
 
     def _new_future(self) -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
