@@ -27,6 +27,7 @@ from relay.storage.base import (
     StoredMessage,
     Sweep,
 )
+from relay.storage.checkpoint import Checkpointer, open_checkpointer
 from relay.storage.connection import connect, prepare_file
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import (
@@ -115,6 +116,7 @@ class SqliteStorage:
         self._max_statement_variables = max_statement_variables
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
+        self._checkpointer: Checkpointer | None = None
         self._closed = False
         self._read_error: str | None = None
         self._read_error_at_ms: int | None = None
@@ -156,6 +158,16 @@ class SqliteStorage:
             write_connection, index, self.quotas, self.write_batch_max, max_variables
         )
         self._writer.start()
+        writer = self._writer
+        try:
+            self._checkpointer = open_checkpointer(
+                self.path, lambda: writer.commit_count
+            )
+        except sqlite3.Error as exc:
+            # Checkpoints then run only inside commits, as SQLite does alone.
+            log.warning("checkpoint_connection_failed", error=str(exc))
+        else:
+            self._checkpointer.start()
         log.info(
             "storage_opened",
             path=str(self.path),
@@ -175,6 +187,8 @@ class SqliteStorage:
             return
         self._closed = True
         try:
+            if self._checkpointer is not None:
+                await self._checkpointer.stop()
             await writer.stop()
             await _close_quietly(reader)
             try:
