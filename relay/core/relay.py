@@ -219,13 +219,14 @@ class RelayCore:
         raises is logged like one escaping a spawned task.
         """
         self._tasks.add(future)  # type: ignore[arg-type]
-        future.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
         future.add_done_callback(partial(self._guarded_callback, callback))
 
-    @staticmethod
     def _guarded_callback(
-        callback: Callable[["asyncio.Future[Any]"], None], future: "asyncio.Future[Any]"
+        self,
+        callback: Callable[["asyncio.Future[Any]"], None],
+        future: "asyncio.Future[Any]",
     ) -> None:
+        self._tasks.discard(future)  # type: ignore[arg-type]
         try:
             callback(future)
         except Exception:
