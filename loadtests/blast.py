@@ -128,10 +128,16 @@ async def blast(
     warmup_s: float,
     duration_s: float,
     tick: Callable[[float], None] | None = None,
+    spin: bool = False,
 ) -> BlastResult:
-    """Run the lanes for warmup_s plus duration_s; measure over duration_s."""
+    """Run the lanes for warmup_s plus duration_s; measure over duration_s.
+
+    With spin, the generator's loop never sleeps in the kernel, so a reply
+    costs the server an enqueue and no wake-up of an idle generator.
+    """
     for lane in lanes:
         lane.send_window()
+    spinning = asyncio.create_task(_spin()) if spin else None
     started = time.perf_counter()
     last_total, last_at = 0, started
     measured_from = None
@@ -158,6 +164,8 @@ async def blast(
             measured_from, base_replies = started, 0
         if measured_from is not None and (now - measured_from >= duration_s or exhausted):
             break
+    if spinning is not None:
+        spinning.cancel()
     measured_s = now - measured_from
     replies = total - base_replies
     for lane in lanes:
@@ -172,6 +180,11 @@ async def blast(
         measured_from_s=measured_from - timeline.started,
         exhausted=exhausted,
     )
+
+
+async def _spin() -> None:
+    while True:
+        await asyncio.sleep(0)
 
 
 async def offered_rate(

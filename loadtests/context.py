@@ -33,6 +33,7 @@ class Options:
     blast_warmup_s: float = 1.0
     blast_duration_s: float = 4.0
     blast_rate_guess: float = 150_000.0
+    blast_spin: bool = False  # the generator polls without sleeping (see blast.py)
     senders: int = 64
     send_window: int = 16
     recipients: int = 50

@@ -38,6 +38,8 @@ from loadtests.timeline import Timeline
 
 Address = tuple[str, int]
 SOCKET_BUFFER_BYTES = 1 << 20
+# The reference client's longest wait between tries of a handshake step.
+MAX_RETRY_S = 4.0
 # Socket opening runs in slices so that replies keep flowing meanwhile.
 OPEN_SLICE = 256
 
@@ -105,6 +107,7 @@ class Phone(Endpoint):
         self.register_started = 0.0
         self.registered_at = 0.0
         self.handshake_sent_at = 0.0
+        self.handshake_tries = 1  # sends of the current handshake step
         self.register_attempts = 0
         self.wants_session = False  # registers again after UNKNOWN_SESSION
         self.drains = True  # polls while messages wait
@@ -127,6 +130,7 @@ class Phone(Endpoint):
         now = time.perf_counter()
         self.register_started = self.register_started or now
         self.handshake_sent_at = now
+        self.handshake_tries = 1
         self.send(self.session.start_register())
 
     def flush_acks(self) -> None:
@@ -201,8 +205,9 @@ class Fleet:
     ) -> list[Phone]:
         """Register phones, as fast as the relay answers; return those still waiting.
 
-        Handshakes that get no answer within retry_s are sent again, until
-        timeout_s has passed since the first one.
+        A handshake that gets no answer within retry_s is sent again, and
+        the wait doubles up to MAX_RETRY_S after each try, as the reference
+        client does, until timeout_s has passed since the first one.
         """
         deadline = time.perf_counter() + timeout_s
         for start in range(0, len(phones), slice_size):
@@ -217,7 +222,8 @@ class Fleet:
             for phone in waiting:
                 if phone.established:
                     continue
-                if now - phone.handshake_sent_at > retry_s:
+                wait_s = min(retry_s * 2 ** (phone.handshake_tries - 1), MAX_RETRY_S)
+                if now - phone.handshake_sent_at > wait_s:
                     self._retry_handshake(phone, now)
             waiting = [p for p in waiting if not p.established]
             done = len(phones) - len(waiting)
@@ -229,6 +235,7 @@ class Fleet:
     def _retry_handshake(self, phone: Phone, now: float) -> None:
         datagram = phone.session.handshake_datagram
         phone.handshake_sent_at = now
+        phone.handshake_tries += 1
         if datagram is None:
             phone.start_register()
             return
@@ -286,6 +293,7 @@ class Fleet:
                 self.poll(phone, self.poll_bytes)
         elif kind is ChallengeReceived:
             phone.handshake_sent_at = time.perf_counter()
+            phone.handshake_tries = 1
             phone.send(event.register)  # type: ignore[attr-defined]
         elif kind is SessionEstablished:
             self._on_established(phone, event)  # type: ignore[arg-type]

@@ -77,6 +77,7 @@ async def _run_lanes(
             options.blast_warmup_s,
             options.blast_duration_s,
             tick,
+            spin=options.blast_spin,
         )
     start = result.measured_from_s
     end = start + result.measured_s
