@@ -46,6 +46,21 @@ def new_trace_id() -> str:
     return "%016x" % getrandbits(64)
 
 
+def _first_seen(session: Session, message_id: str) -> bool:
+    """Tell whether the session has not sent this message id lately; remember it."""
+    key = hash(message_id)
+    recent = session.recent_messages
+    if recent is None:
+        session.recent_messages = [key]
+        return True
+    if key in recent:
+        return False
+    recent.append(key)
+    if len(recent) > RECENT_MESSAGES:
+        del recent[0]
+    return True
+
+
 def poll_budget(requested: int) -> int:
     """Return the POLL_RESPONSE datagram size a POLL's max_bytes allows."""
     if requested == 0:
@@ -53,8 +68,22 @@ def poll_budget(requested: int) -> int:
     return max(requested, POLL_MIN_BYTES)
 
 
+# Message ids a session remembers having sent, so that a retransmission is
+# not pushed before its batch has looked it up.
+RECENT_MESSAGES = 8
+
+
 class Messaging:
-    """MESSAGE, ACK and POLL; MESSAGE and ACK finish in a callback on their future."""
+    """MESSAGE, ACK and POLL; MESSAGE and ACK finish in a callback on their future.
+
+    A new message is pushed to an online recipient as soon as it arrives,
+    before its batch commits, so that the recipient's ACK can reach the
+    writer in the same batch: the writer then records the delivery and
+    never writes the message. QUEUED still goes out only after the commit.
+    A message id the session sent lately waits for the writer's lookup
+    instead, so that a retransmission of a delivered message is answered
+    DELIVERED and not pushed again.
+    """
 
     def __init__(self, core: "RelayCore") -> None:
         self.core = core
@@ -97,9 +126,14 @@ class Messaging:
             self._storage_failed(exc, stored.trace_id)
             self._answer(session, message_id, AckStatus.UNAVAILABLE)
             return
-        core.follow(future, partial(self._stored, stored, started))
+        # The enqueue is queued before the push goes out, so the ACK of the
+        # push lands in the same batch or a later one, never an earlier one.
+        pushed = _first_seen(session, message_id) and self.push(stored, now)
+        core.follow(future, partial(self._stored, stored, started, pushed))
 
-    def _stored(self, stored: StoredMessage, started: float, future: asyncio.Future) -> None:
+    def _stored(
+        self, stored: StoredMessage, started: float, pushed: bool, future: asyncio.Future
+    ) -> None:
         core = self.core
         if future.cancelled():
             return
@@ -124,7 +158,7 @@ class Messaging:
             status=status.name,
             duration_ms=round(duration_s * 1000, 3),
         )
-        if status == AckStatus.QUEUED:
+        if status == AckStatus.QUEUED and not pushed:
             self.push(stored, now)
 
     def _storage_failed(self, error: StorageUnavailable, trace_id: str) -> None:

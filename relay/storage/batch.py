@@ -101,6 +101,7 @@ class IndexChanges:
         self.added: list[MessageSummary] = []
         self.removed: list[MessageSummary] = []
         self.dropped: list[str] = []
+        self.unwritten = 0  # messages acknowledged in the batch that admitted them
 
     def apply(self, index: MailboxIndex) -> None:
         # Same order as the batch: enqueues come before acknowledgements and
@@ -134,17 +135,23 @@ class BatchTransaction:
 
         Registrations run first, so that a message to a user registering in
         the same batch finds that user. Enqueues follow, then
-        acknowledgements, sweeps and erasures.
+        acknowledgements, sweeps and erasures. A message that an ACK in the
+        same batch names is recorded as delivered and never inserted: the
+        relay pushes a new message as it arrives, so the recipient's ACK
+        often reaches the writer before the message's batch has begun.
         """
         registrations, enqueues, acknowledgements, sweeps, erasures = _by_kind(
             operations
         )
         if registrations:
             await self._register(registrations)
+        admitted: dict[tuple[str, str, str], StoredMessage] = {}
         if enqueues:
-            await self._enqueue(enqueues)
+            admitted = await self._enqueue(enqueues)
         if acknowledgements:
-            await self._acknowledge(acknowledgements)
+            await self._acknowledge(acknowledgements, admitted)
+        if admitted:
+            await self._insert(list(admitted.values()))
         for sweep in sweeps:
             await self._sweep(sweep)
         for erasure in erasures:
@@ -188,7 +195,14 @@ class BatchTransaction:
 
     # --- enqueues --------------------------------------------------------------------
 
-    async def _enqueue(self, operations: list[EnqueueMessage]) -> None:
+    async def _enqueue(
+        self, operations: list[EnqueueMessage]
+    ) -> dict[tuple[str, str, str], StoredMessage]:
+        """Decide each message's status; return the admitted ones, not yet inserted.
+
+        The result maps (recipient_id, sender_id, message_id) to the message,
+        so that acknowledgements in the same batch can find them.
+        """
         # The first copy of a (sender_id, message_id) decides; later copies
         # in the same batch get its status.
         firsts: dict[tuple[str, str], EnqueueMessage] = {}
@@ -201,7 +215,7 @@ class BatchTransaction:
 
         found = await self._look_up([op.message for op in firsts.values()])
         quota = QuotaCheck(self._index, self._quotas)
-        rows = []
+        admitted = {}
         for key, op in firsts.items():
             stored_expiry, recorded_status, recipient_known = found.get(
                 key, _NEW_MESSAGE
@@ -215,12 +229,14 @@ class BatchTransaction:
                 op.status = AckStatus.MAILBOX_FULL
             else:
                 op.status = AckStatus.QUEUED
-                rows.append(_message_row(op.message))
-                self.changes.added.append(_summary(op.message))
+                admitted[op.message.recipient_id, key[0], key[1]] = op.message
         for copy, first in copies:
             copy.status = first.status
-        if rows:
-            await self._db.executemany(_INSERT_MESSAGE, rows)
+        return admitted
+
+    async def _insert(self, messages: list[StoredMessage]) -> None:
+        await self._db.executemany(_INSERT_MESSAGE, [_message_row(m) for m in messages])
+        self.changes.added.extend(_summary(m) for m in messages)
 
     async def _look_up(
         self, messages: list[StoredMessage]
@@ -242,18 +258,38 @@ class BatchTransaction:
 
     # --- acknowledgements ------------------------------------------------------------
 
-    async def _acknowledge(self, operations: list[AcknowledgeMessages]) -> None:
+    async def _acknowledge(
+        self,
+        operations: list[AcknowledgeMessages],
+        admitted: dict[tuple[str, str, str], StoredMessage],
+    ) -> None:
+        """Delete acknowledged messages, and take those admitted in this batch out.
+
+        A message admitted in this batch and acknowledged by its recipient
+        is removed from `admitted`, so it is never inserted; its dedup
+        record and receipt are made as for a deleted one.
+        """
         named = dict.fromkeys(
             (op.recipient_id, sender_id, message_id)
             for op in operations
             for sender_id, message_id in op.keys
         )
-        deleted = await self._delete_acknowledged(list(named))
+        unwritten = {key: admitted.pop(key) for key in named if key in admitted}
+        self.changes.unwritten += len(unwritten)
+        stored = [key for key in named if key not in unwritten]
+        deleted = await self._delete_acknowledged(stored) if stored else {}
         records = []
         # Operations in batch order, so the first ACK naming a message gets it.
         for op in operations:
             for sender_id, message_id in op.keys:
-                row = deleted.pop((op.recipient_id, sender_id, message_id), None)
+                key = (op.recipient_id, sender_id, message_id)
+                message = unwritten.pop(key, None)
+                if message is not None:
+                    records.append(_unwritten_outcome(op, message))
+                    if message.expires_at_ms > op.now_ms:
+                        op.receipts.append(_receipt(message))
+                    continue
+                row = deleted.pop(key, None)
                 if row is None:
                     continue
                 summary, trace_id = row
@@ -331,6 +367,19 @@ def _duplicate_status(
     if recorded_status is not None:
         return AckStatus(recorded_status)
     return None
+
+
+def _unwritten_outcome(op: AcknowledgeMessages, message: StoredMessage) -> tuple:
+    """Return the dedup record of a message acknowledged before it was written."""
+    expired = message.expires_at_ms <= op.now_ms
+    status = _STATUS_EXPIRED if expired else _STATUS_DELIVERED
+    return (message.sender_id, message.message_id, status, op.now_ms)
+
+
+def _receipt(message: StoredMessage) -> Receipt:
+    return Receipt(
+        message.sender_id, message.message_id, message.trace_id, message.received_at_ms
+    )
 
 
 def _message_row(message: StoredMessage) -> tuple:

@@ -204,7 +204,13 @@ class SqliteStorage:
             writer.connection.stop()
             log.warning("storage_close_cancelled", path=str(self.path))
             raise
-        log.info("storage_closed", path=str(self.path))
+        log.info(
+            "storage_closed",
+            path=str(self.path),
+            commits=writer.commit_count,
+            committed_operations=writer.committed_operations,
+            unwritten_messages=writer.unwritten_messages,
+        )
 
     async def _connect(self, *, read_only: bool) -> aiosqlite.Connection:
         return await connect(
