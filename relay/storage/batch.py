@@ -1,8 +1,11 @@
 """SQL of one group-commit batch, run inside the transaction the writer opened.
 
-Each step is set-based: one statement, or one executemany, covers every
-operation of its kind in the batch, so the round trips to the database
-thread do not grow with the batch size. The exception is a step that needs
+Each step is set-based: one statement covers every operation of its kind
+in the batch, so the round trips to the database thread do not grow with
+the batch size. Rows are inserted with multi-row VALUES statements, not
+executemany: executemany gives up the GIL for every row and must take it
+back from the event loop, which while busy keeps it for up to the switch
+interval, so each row of a batch could wait that long. The exception is a step that needs
 more bound variables than one statement of the SQLite library accepts
 (250,000 in Debian 12's build, 32,766 by default since SQLite 3.32). Such
 a step is split into as few statements as that limit allows.
@@ -37,10 +40,10 @@ SET x25519_public = excluded.x25519_public, updated_at_ms = excluded.updated_at_
 WHERE users.ed25519_public = excluded.ed25519_public
 """
 
-_INSERT_MESSAGE = """
+_INSERT_MESSAGES = """
 INSERT INTO mailbox_messages (recipient_id, sender_id, message_id, received_at_ms,
                               expires_at_ms, payload, trace_id)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES {rows}
 """
 # Lookup result of a message without a result row: new, to a registered user.
 _NEW_MESSAGE = (None, None, True)
@@ -73,9 +76,9 @@ WHERE seq IN (
 RETURNING message_id, trace_id, {SUMMARY_COLUMNS}
 """
 
-_RECORD_OUTCOME = """
+_RECORD_OUTCOMES = """
 INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
-VALUES (?, ?, ?, ?)
+VALUES {rows}
 """
 
 _RECORD_EXPIRED = """
@@ -235,7 +238,7 @@ class BatchTransaction:
         return admitted
 
     async def _insert(self, messages: list[StoredMessage]) -> None:
-        await self._db.executemany(_INSERT_MESSAGE, [_message_row(m) for m in messages])
+        await self._insert_rows(_INSERT_MESSAGES, [_message_row(m) for m in messages])
         self.changes.added.extend(_summary(m) for m in messages)
 
     async def _look_up(
@@ -302,7 +305,7 @@ class BatchTransaction:
                     Receipt(sender_id, message_id, trace_id, summary.received_at_ms)
                 )
         if records:
-            await self._db.executemany(_RECORD_OUTCOME, records)
+            await self._insert_rows(_RECORD_OUTCOMES, records)
 
     async def _delete_acknowledged(
         self, triples: list[tuple[str, str, str]]
@@ -346,6 +349,13 @@ class BatchTransaction:
 
     def _rows_per_statement(self, width: int) -> int:
         return max(1, self._max_variables // width)
+
+    async def _insert_rows(self, template: str, rows: list[tuple]) -> None:
+        """Insert rows with as few multi-row statements as the variable limit allows."""
+        width = len(rows[0])
+        for chunk in _chunks(rows, self._rows_per_statement(width)):
+            sql = template.format(rows=_placeholders(len(chunk), width))
+            await self._db.execute(sql, _flatten(chunk))
 
 
 def _by_kind(operations: Sequence[WriteOperation]) -> tuple[list, ...]:
