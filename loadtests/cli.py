@@ -1,8 +1,8 @@
 """Command line: `python -m loadtests quick|full|run SCENARIO|ceilings` (or yaok-loadtest)."""
 
 import argparse
-import asyncio
 import dataclasses
+import gc
 import sys
 import time
 import traceback
@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run_suite(context: Context, names: list[str], scale: str) -> int:
+    # The generator holds a ledger entry per message; a full collection of
+    # that heap would pause it for tens of milliseconds in the middle of a
+    # latency measurement. It collects between scenarios instead.
+    gc.disable()
     out = context.out_dir
     print(describe_limits())
     one, _, _ = load_average()
@@ -120,6 +124,7 @@ async def run_suite(context: Context, names: list[str], scale: str) -> int:
         for attempt in range(repeats):
             label = name if repeats == 1 else f"{name}-{attempt + 1}"
             document = await _run_one(context, name, label, summary)
+            gc.collect()
             if document is not None:
                 results.setdefault(name, []).append(document)
             summary["scenarios"] = results
@@ -155,6 +160,8 @@ async def _run_one(context: Context, name: str, label: str, summary: dict) -> di
     plots.mkdir(exist_ok=True)
     plot_scenario(plots / f"{label}.png", f"{label}", context.timeline,
                   context.relays, context.generator)
+    if document is not None:
+        document["relay_storage"] = [run.storage for run in context.relays]
     for run in context.relays:
         profile = context.out_dir / "profiles" / f"{run.process.directory.name}.txt"
         if profile.exists():

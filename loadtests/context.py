@@ -91,6 +91,7 @@ class RelayRun:
     sampler: ProcessSampler
     started_at_s: float  # on the scenario's timeline
     profiler: Profiler | None = None
+    storage: dict | None = None  # the relay's write counters, from its last log line
 
 
 @dataclass
@@ -141,6 +142,12 @@ class Context:
                 run.process.stop(timeout_s=20)
             except Exception:
                 run.process.kill()
+            closed = run.process.events("storage_closed")
+            if closed:
+                run.storage = {
+                    key: closed[-1].get(key)
+                    for key in ("commits", "committed_operations", "unwritten_messages")
+                }
 
     def relay_sampler(self) -> ProcessSampler:
         return self.relays[-1].sampler
