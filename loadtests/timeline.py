@@ -24,6 +24,10 @@ class Timeline:
         self.latencies: dict[str, dict[int, list[float]]] = defaultdict(
             lambda: defaultdict(list)
         )
+        # When each latency sample was taken, in step with `latencies`.
+        self.sample_times: dict[str, dict[int, list[float]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         self.marks: list[tuple[float, str]] = []
 
     def now(self) -> float:
@@ -36,7 +40,10 @@ class Timeline:
         self.counts[name][self.bucket(at_s)] += amount
 
     def latency(self, name: str, seconds: float, at_s: float | None = None) -> None:
-        self.latencies[name][self.bucket(at_s)].append(seconds)
+        at_s = self.now() if at_s is None else at_s
+        index = self.bucket(at_s)
+        self.latencies[name][index].append(seconds)
+        self.sample_times[name][index].append(at_s)
 
     def mark(self, label: str) -> float:
         """Note the start of a phase; return the time of the mark."""
@@ -75,9 +82,19 @@ class Timeline:
     def samples(
         self, name: str, start_s: float = 0.0, end_s: float = math.inf
     ) -> list[float]:
-        first, last = start_s / self.bucket_s, end_s / self.bucket_s
+        """Return the latency samples taken from start_s (included) to end_s."""
         found: list[float] = []
+        times = self.sample_times.get(name, {})
         for index, values in self.latencies.get(name, {}).items():
-            if first <= index < last:
-                found.extend(values)
+            for at_s, value in zip(times[index], values, strict=True):
+                if start_s <= at_s < end_s:
+                    found.append(value)
         return found
+
+    def timed_samples(self, name: str) -> list[tuple[float, float]]:
+        """Return every (time taken, latency) of a series, oldest first."""
+        pairs = []
+        times = self.sample_times.get(name, {})
+        for index in sorted(self.latencies.get(name, {})):
+            pairs.extend(zip(times[index], self.latencies[name][index], strict=True))
+        return pairs

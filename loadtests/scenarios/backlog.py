@@ -22,6 +22,7 @@ from loadtests.timeline import percentile
 from loadtests.traffic import ClosedLoop, drain, paced, payload_of, settle_answers, steady_rate
 
 REGISTER_TIMEOUT_S = 30.0
+SLOW_S = 0.02  # answers slower than this are listed by time, to find their cause
 QUOTA_OFF = {
     "MAILBOX_MAX_MESSAGES": 10_000_000,
     "MAILBOX_MAX_BYTES": 2**40,
@@ -124,7 +125,13 @@ async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
         await settle_answers(fleet, 10.0)
     ended_at = context.timeline.now()
     latencies = context.timeline.samples("message_to_queued", started_at, ended_at)
+    slow = [
+        round(at_s - started_at, 3)
+        for at_s, value in context.timeline.timed_samples("message_to_queued")
+        if started_at <= at_s < ended_at and value > SLOW_S
+    ]
     return {
+        "slow_answers_at_s": slow[:: max(1, len(slow) // 200)],
         "target_rate_per_s": round(rate, 1),
         "sent": sent,
         "answered": len(latencies),
