@@ -162,7 +162,9 @@ async def blast(
         )
         if exhausted and measured_from is None:
             measured_from, base_replies = started, 0
-        if measured_from is not None and (now - measured_from >= duration_s or exhausted):
+        if measured_from is not None and (
+            now - measured_from >= duration_s or exhausted
+        ):
             break
     if spinning is not None:
         spinning.cancel()

@@ -1,4 +1,7 @@
-"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings` (or yaok-loadtest)."""
+"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings`.
+
+The console script `yaok-loadtest` runs the same.
+"""
 
 import argparse
 import dataclasses
@@ -14,8 +17,8 @@ from loadtests import report
 from loadtests.ceilings import crypto_costs
 from loadtests.context import Context, Options, quick_options
 from loadtests.plots import plot_scenario
-from loadtests.profiling import summarise
 from loadtests.proc import load_average
+from loadtests.profiling import summarise
 from loadtests.scenarios import backlog, cycles, mix, soak, steady, storm, throughput
 from loadtests.target import describe_limits
 
@@ -36,31 +39,55 @@ DEFAULT_RESULTS = Path("loadtests/results")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests",
-        description="Load tests of the relay against ceilings measured in the same run.",
+        description="Load tests of the relay, beside ceilings from the same run.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     quick = commands.add_parser("quick", help="every scenario at a small scale (CI)")
     full = commands.add_parser("full", help="every scenario at the planned scale")
     run = commands.add_parser("run", help="one or more scenarios")
-    run.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS), metavar="SCENARIO",
-                     help=f"one of: {', '.join(SCENARIOS)}")
+    run.add_argument(
+        "scenarios",
+        nargs="+",
+        choices=sorted(SCENARIOS),
+        metavar="SCENARIO",
+        help=f"one of: {', '.join(SCENARIOS)}",
+    )
     run.add_argument("--quick", action="store_true", help="use the small scale")
     commands.add_parser("ceilings", help="only the crypto and SQLite ceilings")
     for command in (quick, full, run):
-        command.add_argument("--out", type=Path, default=None,
-                             help="folder for summary.json, plots and profiles "
-                             "(default: loadtests/results/<time>)")
-        command.add_argument("--repeat", type=int, default=1,
-                             help="run the ratio scenarios this many times and "
-                             "report median and range (default 1)")
-        command.add_argument("--duration", type=float, default=None,
-                             help="soak duration in seconds (default 3600, quick 8)")
-        command.add_argument("--profile", action="store_true",
-                             help="record every relay with py-spy")
-        command.add_argument("--no-progress", action="store_true",
-                             help="no progress bars")
-        command.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                             help="override an option, e.g. --set storm_phones=15000")
+        command.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help="folder for summary.json, plots and profiles "
+            "(default: loadtests/results/<time>)",
+        )
+        command.add_argument(
+            "--repeat",
+            type=int,
+            default=1,
+            help="run the ratio scenarios this many times and "
+            "report median and range (default 1)",
+        )
+        command.add_argument(
+            "--duration",
+            type=float,
+            default=None,
+            help="soak duration in seconds (default 3600, quick 8)",
+        )
+        command.add_argument(
+            "--profile", action="store_true", help="record every relay with py-spy"
+        )
+        command.add_argument(
+            "--no-progress", action="store_true", help="no progress bars"
+        )
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="override an option, e.g. --set storm_phones=15000",
+        )
     return parser
 
 
@@ -92,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = options_from(args)
     names = list(SCENARIOS) if args.command in ("quick", "full") else args.scenarios
-    scale = "quick" if args.command == "quick" or getattr(args, "quick", False) else "full"
+    scale = (
+        "quick" if args.command == "quick" or getattr(args, "quick", False) else "full"
+    )
     out = args.out or DEFAULT_RESULTS / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    context = Context(out, options, show_progress=not args.no_progress, profile=args.profile)
+    context = Context(
+        out, options, show_progress=not args.no_progress, profile=args.profile
+    )
     return uvloop.run(run_suite(context, names, scale))
 
 
@@ -138,7 +169,9 @@ async def run_suite(context: Context, names: list[str], scale: str) -> int:
     print(report.render(rows))
     print(f"\nsummary: {out / 'summary.json'}; plots: {out / 'plots'}")
     if summary["failures"]:
-        print(f"scenarios that failed: {', '.join(summary['failures'])}", file=sys.stderr)
+        print(
+            f"scenarios that failed: {', '.join(summary['failures'])}", file=sys.stderr
+        )
         return 1
     if summary["lost"]:
         print(f"{summary['lost']} acknowledged messages were lost", file=sys.stderr)
@@ -146,7 +179,9 @@ async def run_suite(context: Context, names: list[str], scale: str) -> int:
     return 0
 
 
-async def _run_one(context: Context, name: str, label: str, summary: dict) -> dict | None:
+async def _run_one(
+    context: Context, name: str, label: str, summary: dict
+) -> dict | None:
     module = SCENARIOS[name]
     document = None
     try:
@@ -158,8 +193,13 @@ async def _run_one(context: Context, name: str, label: str, summary: dict) -> di
         context.stop_relays()
     plots = context.out_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_scenario(plots / f"{label}.png", f"{label}", context.timeline,
-                  context.relays, context.generator)
+    plot_scenario(
+        plots / f"{label}.png",
+        f"{label}",
+        context.timeline,
+        context.relays,
+        context.generator,
+    )
     if document is not None:
         document["relay_storage"] = [run.storage for run in context.relays]
     for run in context.relays:

@@ -1,4 +1,4 @@
-"""What every scenario shares: options, the timeline, the relay process, progress."""
+"""Options, timeline, relay process and progress bars shared by every scenario."""
 
 import asyncio
 import json
@@ -11,13 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from relay.client.identity import Identity
-from relay.testing import RelayProcess
-
 from loadtests.proc import ProcessSampler
 from loadtests.profiling import Profiler
 from loadtests.target import start_relay
 from loadtests.timeline import Timeline
+from relay.client.identity import Identity
+from relay.testing import RelayProcess
 
 
 @dataclass
@@ -57,7 +56,7 @@ class Options:
 
 
 def quick_options() -> Options:
-    """The small scale CI runs: a few hundred phones, seconds per scenario."""
+    """Return the small scale that CI runs: a few hundred phones, seconds each."""
     return Options(
         storm_phones=500,
         steady_steps=(100, 300, 500),
@@ -153,7 +152,9 @@ class Context:
         return self.relays[-1].sampler
 
     @contextmanager
-    def progress(self, description: str, total: float | None, unit: str) -> Iterator[tqdm]:
+    def progress(
+        self, description: str, total: float | None, unit: str
+    ) -> Iterator[tqdm]:
         bar = tqdm(
             total=total,
             desc=description,

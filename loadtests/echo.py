@@ -48,7 +48,13 @@ class EchoProcess:
 
     def start(self) -> "EchoProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loadtests.echo", "--max-seconds", str(self.max_seconds)],
+            [
+                sys.executable,
+                "-m",
+                "loadtests.echo",
+                "--max-seconds",
+                str(self.max_seconds),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -15,6 +15,8 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from loadtests.ledger import Ledger
+from loadtests.timeline import Timeline
 from relay.client.events import (
     ChallengeReceived,
     DrainingReceived,
@@ -32,9 +34,6 @@ from relay.client.identity import Identity
 from relay.client.session import ClientSession
 from relay.protocol.codec import Message
 from relay.protocol.constants import MAX_ACK_ENTRIES, AckStatus, ErrorCode
-
-from loadtests.ledger import Ledger
-from loadtests.timeline import Timeline
 
 Address = tuple[str, int]
 SOCKET_BUFFER_BYTES = 1 << 20
@@ -333,7 +332,9 @@ class Fleet:
         if status == AckStatus.QUEUED:
             self.timeline.count("queued")
             if fate.queued_at - fate.sent_at >= 0:
-                self.timeline.latency("message_to_queued", fate.queued_at - fate.sent_at)
+                self.timeline.latency(
+                    "message_to_queued", fate.queued_at - fate.sent_at
+                )
         elif status == AckStatus.DELIVERED:
             self.timeline.count("receipt")
         else:
@@ -346,7 +347,9 @@ class Fleet:
         fate = self.ledger.delivered(message_id, phone.user_id)
         if fate is not None and fate.delivered_at and fate.sent_at:
             self.timeline.count("delivered")
-            self.timeline.latency("message_to_delivered", fate.delivered_at - fate.sent_at)
+            self.timeline.latency(
+                "message_to_delivered", fate.delivered_at - fate.sent_at
+            )
         if self.on_delivery is not None:
             self.on_delivery(phone, message_id)
 

@@ -5,11 +5,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from loadtests.context import RelayRun  # noqa: E402
-from loadtests.proc import ProcessSampler  # noqa: E402
-from loadtests.timeline import Timeline  # noqa: E402
+from loadtests.context import RelayRun
+from loadtests.proc import ProcessSampler
+from loadtests.timeline import Timeline
 
 # Timeline counters worth a line in the throughput panel, with their labels.
 RATE_SERIES = {
@@ -46,8 +46,16 @@ def plot_scenario(
     for at_s, label in timeline.marks:
         for axis in (rates, latency, memory):
             axis.axvline(at_s, color="grey", linewidth=0.6, alpha=0.6)
-        rates.annotate(label, (at_s, 1.0), xycoords=("data", "axes fraction"),
-                       rotation=90, va="top", ha="right", fontsize=7, color="grey")
+        rates.annotate(
+            label,
+            (at_s, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="grey",
+        )
     memory.set_xlabel(f"seconds (buckets of {timeline.bucket_s} s)")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
@@ -75,8 +83,13 @@ def _latency(axis, timeline: Timeline) -> None:
         for fraction, short, style in PERCENTILES:
             times, values = timeline.percentile_series(name, fraction)
             if times:
-                axis.plot(times, [v * 1000 for v in values], style,
-                          label=f"{label} {short}", linewidth=1)
+                axis.plot(
+                    times,
+                    [v * 1000 for v in values],
+                    style,
+                    label=f"{label} {short}",
+                    linewidth=1,
+                )
                 drawn = True
     axis.set_ylabel("ms")
     axis.set_title("latency percentiles per bucket", fontsize=10)
@@ -93,19 +106,35 @@ def _memory(axis, relays: list[RelayRun], generator: ProcessSampler | None) -> N
         if not samples:
             continue
         times = [s.at_s for s in samples]
-        axis.plot(times, [s.rss_bytes / 2**20 for s in samples], color="tab:blue",
-                  label=f"relay RSS ({run.name})")
-        cpu_axis.plot(times, [s.cpu_percent for s in samples], color="tab:red",
-                      linewidth=0.7, alpha=0.7, label="relay CPU")
+        axis.plot(
+            times,
+            [s.rss_bytes / 2**20 for s in samples],
+            color="tab:blue",
+            label=f"relay RSS ({run.name})",
+        )
+        cpu_axis.plot(
+            times,
+            [s.cpu_percent for s in samples],
+            color="tab:red",
+            linewidth=0.7,
+            alpha=0.7,
+            label="relay CPU",
+        )
     if generator is not None and generator.samples:
-        cpu_axis.plot([s.at_s for s in generator.samples],
-                      [s.cpu_percent for s in generator.samples], color="tab:green",
-                      linewidth=0.7, alpha=0.6, label="generator CPU")
+        cpu_axis.plot(
+            [s.at_s for s in generator.samples],
+            [s.cpu_percent for s in generator.samples],
+            color="tab:green",
+            linewidth=0.7,
+            alpha=0.6,
+            label="generator CPU",
+        )
     axis.set_ylabel("RSS MiB", color="tab:blue")
     cpu_axis.set_ylabel("CPU % of one core", color="tab:red")
     axis.set_title("relay memory and CPU (from /proc)", fontsize=10)
     lines = axis.get_legend_handles_labels()
     cpu_lines = cpu_axis.get_legend_handles_labels()
-    axis.legend(lines[0] + cpu_lines[0], lines[1] + cpu_lines[1], fontsize=8,
-                loc="upper left")
+    axis.legend(
+        lines[0] + cpu_lines[0], lines[1] + cpu_lines[1], fontsize=8, loc="upper left"
+    )
     axis.grid(alpha=0.3)

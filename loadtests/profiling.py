@@ -104,7 +104,15 @@ def _function(frame: str) -> str:
 
 
 def _shares(counter: Counter[str], samples: int, top: int) -> list[dict]:
-    return [
-        {"function": name, "samples": count, "percent": round(100 * count / samples, 1)}
-        for name, count in counter.most_common(top)
-    ] if samples else []
+    return (
+        [
+            {
+                "function": name,
+                "samples": count,
+                "percent": round(100 * count / samples, 1),
+            }
+            for name, count in counter.most_common(top)
+        ]
+        if samples
+        else []
+    )

@@ -257,7 +257,11 @@ def render(rows: list[Row]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for index, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        lines.append(
+            "  ".join(
+                cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+            )
+        )
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)

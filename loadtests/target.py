@@ -46,7 +46,8 @@ def seed_users(database: Path, identities: Iterable[Identity], now_ms: int) -> i
     database.parent.mkdir(parents=True, exist_ok=True)
     migrate(database)
     rows = [
-        (i.user_id, i.ed25519_public, i.x25519_public, now_ms, now_ms) for i in identities
+        (i.user_id, i.ed25519_public, i.x25519_public, now_ms, now_ms)
+        for i in identities
     ]
     connection = sqlite3.connect(database)
     try:

@@ -6,11 +6,10 @@ import random
 import time
 from collections.abc import Callable
 
-from relay.client.events import MessageAckReceived
-from relay.protocol.constants import AckStatus
-
 from loadtests.fleet import Fleet, Phone
 from loadtests.ledger import Fate
+from relay.client.events import MessageAckReceived
+from relay.protocol.constants import AckStatus
 
 RETRANSMIT_AFTER_S = 1.0
 MAX_ATTEMPTS = 6
@@ -83,7 +82,9 @@ class ClosedLoop:
         """Free slots whose answer is overdue, and send unanswered messages again."""
         now = time.perf_counter()
         self.fleet.retransmit_unanswered(RETRANSMIT_AFTER_S, MAX_ATTEMPTS)
-        overdue = [m for m, (_, sent) in self.in_flight.items() if now - sent > self.stall_s]
+        overdue = [
+            m for m, (_, sent) in self.in_flight.items() if now - sent > self.stall_s
+        ]
         for message_id in overdue:
             sender, _ = self.in_flight.pop(message_id)
             self.stalled += 1

@@ -42,7 +42,9 @@ def quick_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 def test_quick_set_exits_zero(quick_run):
     completed, _ = quick_run
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.returncode == 0, (
+        completed.stdout[-3000:] + completed.stderr[-3000:]
+    )
 
 
 def test_quick_set_prints_targets_table(quick_run):

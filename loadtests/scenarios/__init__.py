@@ -1,1 +1,1 @@
-"""The scenarios: each starts its own relay on a fresh database and returns its figures."""
+"""Scenarios: each starts its own relay on a fresh database and returns figures."""

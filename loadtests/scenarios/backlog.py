@@ -12,14 +12,20 @@
 import random
 import time
 
-from relay.protocol.constants import AckStatus
-
 from loadtests.ceilings import sqlite_insert_rate
 from loadtests.context import Context, make_identities
 from loadtests.fleet import Fleet
 from loadtests.target import seed_users
 from loadtests.timeline import percentile
-from loadtests.traffic import ClosedLoop, drain, paced, payload_of, settle_answers, steady_rate
+from loadtests.traffic import (
+    ClosedLoop,
+    drain,
+    paced,
+    payload_of,
+    settle_answers,
+    steady_rate,
+)
+from relay.protocol.constants import AckStatus
 
 REGISTER_TIMEOUT_S = 30.0
 SLOW_S = 0.02  # answers slower than this are listed by time, to find their cause
@@ -90,7 +96,9 @@ async def _durable(context, fleet, senders, pick, payload) -> dict:
         options.durable_messages,
     )
     started_at = context.timeline.mark("durable")
-    with context.progress("backlog: durable sends", options.durable_messages, "msg") as bar:
+    with context.progress(
+        "backlog: durable sends", options.durable_messages, "msg"
+    ) as bar:
 
         def progress() -> None:
             bar.update(loop.completed - bar.n)

@@ -8,12 +8,11 @@ way still arrives, and the ledger must show every QUEUED message delivered.
 
 import time
 
-from relay.protocol.constants import AckStatus
-
 from loadtests.context import Context, make_identities
 from loadtests.fleet import Fleet
 from loadtests.timeline import percentile
 from loadtests.traffic import ClosedLoop, drain, payload_of, settle_answers
+from relay.protocol.constants import AckStatus
 
 REGISTER_TIMEOUT_S = 30.0
 WARMUP_S = 1.0

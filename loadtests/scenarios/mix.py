@@ -34,7 +34,7 @@ async def run(context: Context) -> dict:
     relay = context.start_relay("mix")
     fleet = Fleet(relay.udp_address, relay.relay_public_key, timeline)
     phones = fleet.make_phones(identities)
-    online, offline = phones[:online_count], phones[online_count:]
+    online = phones[:online_count]
     await fleet.connect(online)
     users = [p.user_id for p in phones]
     payload = payload_of(options.payload_bytes)
@@ -48,9 +48,7 @@ async def run(context: Context) -> dict:
         started_at = timeline.mark("mix")
         deadline = time.perf_counter() + options.mix_duration_s
         pinging = asyncio.create_task(pinger.run(deadline))
-        churning = asyncio.create_task(
-            _churn(fleet, online, dropped, churn, deadline)
-        )
+        churning = asyncio.create_task(_churn(fleet, online, dropped, churn, deadline))
         with context.progress("mix", round(options.mix_duration_s, 1), "s") as bar:
             began = time.perf_counter()
 
@@ -103,7 +101,11 @@ async def run(context: Context) -> dict:
 
 
 async def _churn(
-    fleet: Fleet, online: list[Phone], dropped: list[Phone], churn: dict, deadline: float
+    fleet: Fleet,
+    online: list[Phone],
+    dropped: list[Phone],
+    churn: dict,
+    deadline: float,
 ) -> None:
     """Roam some phones and drop others out; dropped phones return a little later."""
     step_s = 1.0 / EVENTS_PER_S

@@ -1,4 +1,4 @@
-"""Soak: live sessions for a long time at a steady rate, with churn; memory must stay flat.
+"""Soak: live sessions at a steady rate for a long time, with churn and flat memory.
 
 Phones ping every 25 s and send messages at the planned daily volume,
 spread evenly with a spike of ten times the rate for 5 s every minute.
@@ -19,8 +19,8 @@ from loadtests.context import Context, make_identities
 from loadtests.fleet import Fleet, Phone
 from loadtests.scenarios.steady import Pinger
 from loadtests.target import seed_users
-from loadtests.traffic import drain, payload_of, settle_answers
 from loadtests.timeline import percentile
+from loadtests.traffic import drain, payload_of, settle_answers
 
 REGISTER_TIMEOUT_S = 120.0
 GENERATOR_GC_INTERVAL_S = 60.0
@@ -49,17 +49,23 @@ async def run(context: Context) -> dict:
     await fleet.connect(phones)
     payload = payload_of(options.payload_bytes)
     churn = {"unregistered": 0, "dropped": 0, "returned": 0, "roamed": 0}
-    pinger = Pinger(phones, min(options.ping_interval_s, options.soak_session_timeout_s / 3))
+    pinger = Pinger(
+        phones, min(options.ping_interval_s, options.soak_session_timeout_s / 3)
+    )
     try:
         with context.progress("soak: registering", len(phones), "phone") as bar:
-            waiting = await fleet.register(phones, REGISTER_TIMEOUT_S, progress=bar.update)
+            waiting = await fleet.register(
+                phones, REGISTER_TIMEOUT_S, progress=bar.update
+            )
         if waiting:
             raise RuntimeError(f"{len(waiting)} phones did not register")
         started_at = timeline.mark("soak")
         deadline = time.perf_counter() + options.soak_duration_s
         tasks = [
             asyncio.create_task(pinger.run(deadline)),
-            asyncio.create_task(_churn(fleet, phones, churn, options.soak_churn_per_s, deadline)),
+            asyncio.create_task(
+                _churn(fleet, phones, churn, options.soak_churn_per_s, deadline)
+            ),
         ]
         rate = options.soak_messages_per_day / 86_400
         with context.progress("soak", round(options.soak_duration_s), "s") as bar:
@@ -167,9 +173,15 @@ def _memory(context: Context, start_s: float, end_s: float) -> dict:
     if len(samples) < 10:
         return {"samples": len(samples), "flat": None}
     span = end_s - start_s
-    middle = [s.rss_bytes for s in samples if s.at_s < start_s + 0.6 * span and s.at_s >= start_s + 0.4 * span]
+    middle = [
+        s.rss_bytes
+        for s in samples
+        if s.at_s < start_s + 0.6 * span and s.at_s >= start_s + 0.4 * span
+    ]
     last = [s.rss_bytes for s in samples if s.at_s >= start_s + 0.9 * span]
-    middle_rss = statistics.median(middle) if middle else samples[len(samples) // 2].rss_bytes
+    middle_rss = (
+        statistics.median(middle) if middle else samples[len(samples) // 2].rss_bytes
+    )
     last_rss = statistics.median(last) if last else samples[-1].rss_bytes
     growth = last_rss - middle_rss
     tolerance = max(FLAT_TOLERANCE_BYTES, FLAT_TOLERANCE_FRACTION * middle_rss)

@@ -1,4 +1,4 @@
-"""Steady state: live sessions that ping every 25 s, added in steps, with the relay's RSS.
+"""Steady state: sessions that ping every 25 s, added in steps, and the relay's RSS.
 
 After each step the sessions keep pinging for the settle time, longer than
 a cookie's 30 s life in the relay's replay ledger, so that the RSS read at
@@ -78,7 +78,7 @@ async def run(context: Context) -> dict:
                 live.extend(p for p in new if p.established)
                 timeline.mark(f"{step} sessions")
                 await asyncio.sleep(options.steady_settle_s)
-                status, health = relay.health()
+                _, health = relay.health()
                 rss = _settled_rss(sampler)
                 points.append(
                     {
@@ -106,7 +106,9 @@ def _settled_rss(sampler) -> int:
 def _figures(points: list[dict], idle_rss: int, pings: int, pongs: int) -> dict:
     by_sessions = {p["sessions"]: p["rss_bytes"] for p in points}
     in_range = [
-        (p["sessions"], p["rss_bytes"]) for p in points if 1_000 <= p["sessions"] <= 10_000
+        (p["sessions"], p["rss_bytes"])
+        for p in points
+        if 1_000 <= p["sessions"] <= 10_000
     ]
     if len(in_range) < 2:
         in_range = [(p["sessions"], p["rss_bytes"]) for p in points]

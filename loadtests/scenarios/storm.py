@@ -21,9 +21,7 @@ async def run(context: Context) -> dict:
     identities = make_identities(phones_wanted)
     database = context.relay_directory("storm") / "yaok_relay.db"
     seed_users(database, identities, time.time_ns() // 1_000_000)
-    relay = context.start_relay(
-        "storm", MAX_CONNECTIONS=max(10_000, phones_wanted)
-    )
+    relay = context.start_relay("storm", MAX_CONNECTIONS=max(10_000, phones_wanted))
     fleet = Fleet(relay.udp_address, relay.relay_public_key, timeline)
     phones = fleet.make_phones(identities)
     await fleet.connect(phones)
@@ -45,7 +43,9 @@ async def run(context: Context) -> dict:
             "not_registered": len(waiting),
             "seconds_to_all": round(seconds, 3) if not waiting else None,
             "seconds_to_last_registered": round(seconds, 3),
-            "registrations_per_s": round(len(registered) / seconds, 1) if seconds else 0,
+            "registrations_per_s": round(len(registered) / seconds, 1)
+            if seconds
+            else 0,
             "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
             "handshakes_retransmitted": fleet.events["register_retransmitted"],

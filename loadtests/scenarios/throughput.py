@@ -11,13 +11,12 @@ reply in 64 from the relay is opened and checked by the phone's session.
 
 import socket
 
-from relay.client.events import PongReceived
-
 from loadtests.blast import Lane, blast, offered_rate
 from loadtests.context import Context, make_identities
 from loadtests.echo import EchoProcess
 from loadtests.fleet import Endpoint, Fleet, Phone, open_endpoints
 from loadtests.proc import ProcessSampler
+from relay.client.events import PongReceived
 
 REGISTER_TIMEOUT_S = 30.0
 OFFERED_SECONDS = 2.0
@@ -115,7 +114,9 @@ async def run(context: Context) -> dict:
         timeline.mark("offered")
         offered = await offered_rate(sink_endpoints, datagrams, OFFERED_SECONDS)
 
-        echo_endpoints = await open_endpoints([Endpoint() for _ in phones], echo.address)
+        echo_endpoints = await open_endpoints(
+            [Endpoint() for _ in phones], echo.address
+        )
         extra.extend(echo_endpoints)
         timeline.mark("echo")
         echo_sampler = ProcessSampler(echo.pid, 0.25, timeline.started).start()
@@ -132,7 +133,9 @@ async def run(context: Context) -> dict:
         )
         relayed["pongs_verified"] = sum(c.verified for c in checks)
         relayed["pongs_failed_verification"] = sum(c.failed for c in checks)
-        ratio = relayed["rate_per_s"] / echoed["rate_per_s"] if echoed["rate_per_s"] else 0
+        ratio = (
+            relayed["rate_per_s"] / echoed["rate_per_s"] if echoed["rate_per_s"] else 0
+        )
         return {
             "phones": len(phones),
             "window_per_phone": options.blast_window,

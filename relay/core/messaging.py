@@ -27,7 +27,7 @@ from relay.protocol.constants import (
     PacketType,
 )
 from relay.protocol.packets import relay_packet_size
-from relay.storage.base import Receipt, StoredMessage, StorageUnavailable
+from relay.storage.base import Receipt, StorageUnavailable, StoredMessage
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -78,7 +78,7 @@ class Messaging:
 
     A new message is pushed to an online recipient as soon as it arrives,
     before its batch commits, so that the recipient's ACK can reach the
-    writer in the same batch: the writer then records the delivery and
+    writer in the same batch. The writer then records the delivery and
     never writes the message. QUEUED still goes out only after the commit.
     A message id the session sent lately waits for the writer's lookup
     instead, so that a retransmission of a delivered message is answered
@@ -132,7 +132,11 @@ class Messaging:
         core.follow(future, partial(self._stored, stored, started, pushed))
 
     def _stored(
-        self, stored: StoredMessage, started: float, pushed: bool, future: asyncio.Future
+        self,
+        stored: StoredMessage,
+        started: float,
+        pushed: bool,
+        future: asyncio.Future,
     ) -> None:
         core = self.core
         if future.cancelled():
@@ -215,7 +219,9 @@ class Messaging:
         self._acks_in_flight[user_id] = future
         core.follow(future, partial(self._acknowledged, user_id, time.perf_counter()))
 
-    def _acknowledged(self, user_id: str, started: float, future: asyncio.Future) -> None:
+    def _acknowledged(
+        self, user_id: str, started: float, future: asyncio.Future
+    ) -> None:
         core = self.core
         if self._acks_in_flight.get(user_id) is future:
             del self._acks_in_flight[user_id]

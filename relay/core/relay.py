@@ -2,7 +2,8 @@
 
 `RelayCore.datagram_received` takes one datagram, its source address and
 reads the clock; it answers through the `send` callable it was given and
-hands storage work to the `Storage` interface, finishing that work in tasks.
+hands storage work to the `Storage` interface, finishing that work in tasks
+or in callbacks on storage futures.
 The UDP endpoint only moves bytes, so tests drive the core directly on a
 fake clock.
 """
@@ -211,7 +212,9 @@ class RelayCore:
     # --- helpers used by the handlers ----------------------------------------
 
     def follow(
-        self, future: "asyncio.Future[Any]", callback: Callable[["asyncio.Future[Any]"], None]
+        self,
+        future: "asyncio.Future[Any]",
+        callback: Callable[["asyncio.Future[Any]"], None],
     ) -> None:
         """Run callback when a storage future resolves, counted as work in flight.
 

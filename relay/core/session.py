@@ -30,13 +30,16 @@ class UserBuckets:
 class Session:
     """One registered phone: its keys, counters, address and liveness.
 
-    `keys` is k_c2s followed by k_s2c. `ciphers` holds the cipher objects
+    `keys` is k_c2s followed by k_s2c. `ciphers` contains the cipher objects
     built from them (inbound, outbound) while the session table's
-    CipherCache lets it keep them, and None otherwise. `highest` and `seen` are the replay window of the counters
-    received, as in protocol.replay.ReplayWindow, kept in the session so
-    that the hot path needs no second object. `address` is where replies go. After a move to a new address it
-    is unvalidated until a PING echoes `path_nonce`; meanwhile
-    `path_budget` is how many more bytes the relay may send there.
+    CipherCache lets it keep them, and None otherwise. `highest` and `seen`
+    are the replay window of the counters received, as in
+    protocol.replay.ReplayWindow, kept in the session so that the hot path
+    needs no second object.
+
+    `address` is where replies go. After a move to a new address it is
+    unvalidated until a PING echoes `path_nonce`; meanwhile `path_budget`
+    is how many more bytes the relay may send there.
     """
 
     __slots__ = (
@@ -93,7 +96,7 @@ class Session:
 class CipherCache:
     """Builds sessions' ChaCha20-Poly1305 objects and keeps the newest ones.
 
-    A cipher object holds OpenSSL contexts of about 2 KiB, so keeping two
+    A cipher object keeps OpenSSL contexts of about 2 KiB, so keeping two
     per session would cost more than the rest of the session. Building
     one takes about a microsecond, so only the `max_sessions` sessions
     that needed them most recently keep theirs, in `Session.ciphers`; the

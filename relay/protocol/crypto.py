@@ -32,8 +32,8 @@ _P = 2**255 - 19  # the field prime of Curve25519 and edwards25519
 _U_MASK = (1 << 255) - 1
 # X25519 clamps every scalar to a multiple of 8, so its result is all zeros
 # exactly for the u-coordinates of points of order 1, 2, 4 or 8, on the curve
-# or on its twist: 0, 1 and p - 1, and the two order-8 points below. X25519
-# ignores the top bit and reduces u modulo p, so the check does too. The
+# or on its twist. Those are 0, 1, p - 1 and the two order-8 points below.
+# X25519 ignores the top bit and reduces u modulo p, so the check does too. The
 # unit tests compare this set with an actual X25519 against a fixed scalar.
 _LOW_ORDER_U = frozenset(
     {

@@ -5,10 +5,11 @@ in the batch, so the round trips to the database thread do not grow with
 the batch size. Rows are inserted with multi-row VALUES statements, not
 executemany: executemany gives up the GIL for every row and must take it
 back from the event loop, which while busy keeps it for up to the switch
-interval, so each row of a batch could wait that long. The exception is a step that needs
-more bound variables than one statement of the SQLite library accepts
-(250,000 in Debian 12's build, 32,766 by default since SQLite 3.32). Such
-a step is split into as few statements as that limit allows.
+interval, so each row of a batch could wait that long.
+
+A step that needs more bound variables than one statement of the SQLite
+library accepts (250,000 in Debian 12's build, 32,766 by default since
+SQLite 3.32) is split into as few statements as that limit allows.
 
 The writer is the only writer of the file, so a select followed by a write
 in the same transaction decides atomically.
@@ -269,8 +270,8 @@ class BatchTransaction:
         """Delete acknowledged messages, and take those admitted in this batch out.
 
         A message admitted in this batch and acknowledged by its recipient
-        is removed from `admitted`, so it is never inserted; its dedup
-        record and receipt are made as for a deleted one.
+        is removed from `admitted`, so it is never inserted. It gets a dedup
+        record and a receipt as a deleted one would.
         """
         named = dict.fromkeys(
             (op.recipient_id, sender_id, message_id)

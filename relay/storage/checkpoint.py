@@ -99,7 +99,9 @@ class Checkpointer:
 
 
 def open_checkpointer(path: Path, commit_count: Callable[[], int]) -> Checkpointer:
-    """Open the checkpoint connection; commit_count tells whether there is work.
+    """Open the checkpoint connection; commit_count returns the writer's commits.
+
+    A checkpoint is skipped while the count stays the same.
 
     The file is already in WAL mode. The connection is query_only, like the
     read connection: a checkpoint changes no content, and SQLite runs it on
