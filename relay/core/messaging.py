@@ -43,7 +43,7 @@ def new_trace_id() -> str:
     random's generator, seeded from the OS at start, costs a fraction of
     an os.urandom call; trace ids need no secrecy.
     """
-    return "%016x" % getrandbits(64)
+    return f"{getrandbits(64):016x}"
 
 
 def _first_seen(session: Session, message_id: str) -> bool:

@@ -51,6 +51,7 @@ from relay.protocol.constants import (
     PATH_NONCE_SIZE,
     RELAY_ONLY_TYPES,
     RELAY_SESSION_OVERHEAD,
+    SESSION_ID_SIZE,
     UNREGISTER_ERASE,
     VERSION,
     ErrorCode,
@@ -81,7 +82,7 @@ _RELAY_HEAD = struct.Struct(">BBHIQ")
 # are four zero bytes and the counter's 8 bytes in the datagram.
 _NONCE = struct.Struct(">4xQ")
 _NONCE_PREFIX = bytes(4)
-_COUNTER_START = HEADER_SIZE + 16
+_COUNTER_START = HEADER_SIZE + SESSION_ID_SIZE
 _PONG = struct.Struct(">QI")
 _PONG_LENGTH = RELAY_SESSION_OVERHEAD + _PONG.size
 
