@@ -112,6 +112,14 @@ def _memory(axis, relays: list[RelayRun], generator: ProcessSampler | None) -> N
             color="tab:blue",
             label=f"relay RSS ({run.name})",
         )
+        axis.plot(
+            times,
+            [s.anonymous_bytes / 2**20 for s in samples],
+            color="tab:blue",
+            linestyle="--",
+            linewidth=0.8,
+            label="of which anonymous (heap)",
+        )
         cpu_axis.plot(
             times,
             [s.cpu_percent for s in samples],

@@ -15,6 +15,23 @@ def rss_bytes(pid: int) -> int:
         return int(statm.read().split()[1]) * _PAGE_SIZE
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """Return (anonymous, file-backed) resident bytes, from /proc/PID/status.
+
+    Anonymous memory is the heap; file-backed memory is shared libraries
+    and mapped files, which for the relay includes the SQLite database it
+    maps (mmap_size) and its WAL index.
+    """
+    anonymous = file_backed = 0
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                anonymous = int(line.split()[1]) * 1024
+            elif line.startswith(("RssFile:", "RssShmem:")):
+                file_backed += int(line.split()[1]) * 1024
+    return anonymous, file_backed
+
+
 def cpu_seconds(pid: int) -> float:
     """Return user plus system CPU time of a process and all its threads."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -28,6 +45,8 @@ class Sample:
     at_s: float  # seconds since the sampler started
     rss_bytes: int
     cpu_percent: float  # of one core, over the interval before this sample
+    anonymous_bytes: int = 0  # the heap part of rss_bytes
+    file_bytes: int = 0  # libraries and mapped files, the database included
 
 
 class ProcessSampler:
@@ -61,9 +80,12 @@ class ProcessSampler:
             percent = 100.0 * (cpu - last_cpu) / max(wall - last_wall, 1e-9)
             try:
                 rss = rss_bytes(self.pid)
+                anonymous, file_backed = rss_parts(self.pid)
             except OSError:
                 return
-            self.samples.append(Sample(wall - self.started, rss, percent))
+            self.samples.append(
+                Sample(wall - self.started, rss, percent, anonymous, file_backed)
+            )
             last_wall, last_cpu = wall, cpu
 
     def _cpu(self) -> float | None:

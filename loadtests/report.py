@@ -207,12 +207,14 @@ def _memory_rows(steady: list[dict], soak: list[dict]) -> list[Row]:
         )
     if soak:
         memory = soak[-1]["memory"]
+        file_growth = memory.get("file_growth_second_half_mib", float("nan"))
         rows.append(
             Row(
-                f"memory over {soak[-1]['duration_s']:,.0f} s of churn",
+                f"heap over {soak[-1]['duration_s']:,.0f} s of churn",
                 f"{memory.get('growth_second_half_mib', float('nan')):+.2f} MiB",
                 f"tolerance {memory.get('tolerance_mib', float('nan')):.1f} MiB",
-                f"end {memory.get('rss_end_mib', float('nan')):.1f} MiB",
+                f"RSS end {memory.get('rss_end_mib', float('nan')):.1f} MiB, "
+                f"mapped files {file_growth:+.2f} MiB",
                 "flat (3,600 s)",
                 memory.get("flat"),
             )
