@@ -1,19 +1,21 @@
 """MESSAGE, ACK and POLL: storing, pushing, receipts and mailbox reads."""
 
-import os
+import asyncio
 import time
+from functools import partial
+from random import getrandbits
 from typing import TYPE_CHECKING
 
 import structlog
 
+from relay.core.ratelimit import admit
 from relay.core.session import Address, Session
 from relay.protocol.codec import (
     POLL_RESPONSE_OVERHEAD,
-    Entry,
     decode_ack,
-    decode_message,
+    decode_message_fields,
     decode_poll,
-    encode_entry,
+    encode_entry_fields,
     encode_message_ack,
     encode_poll_response,
 )
@@ -26,7 +28,7 @@ from relay.protocol.constants import (
 )
 from relay.ops.logging import LogThrottle
 from relay.protocol.packets import relay_packet_size
-from relay.storage.base import StoredMessage, StorageUnavailable
+from relay.storage.base import Receipt, StorageUnavailable, StoredMessage
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -40,7 +42,27 @@ _POLL_RESPONSE_FIXED_SIZE = relay_packet_size(POLL_RESPONSE_OVERHEAD)
 
 
 def new_trace_id() -> str:
-    return os.urandom(8).hex()
+    """Return 16 hex digits, unique enough to find one message in the logs.
+
+    random's generator, seeded from the OS at start, costs a fraction of
+    an os.urandom call; trace ids need no secrecy.
+    """
+    return f"{getrandbits(64):016x}"
+
+
+def _first_seen(session: Session, message_id: str) -> bool:
+    """Tell whether the session has not sent this message id lately; remember it."""
+    key = hash(message_id)
+    recent = session.recent_messages
+    if recent is None:
+        session.recent_messages = [key]
+        return True
+    if key in recent:
+        return False
+    recent.append(key)
+    if len(recent) > RECENT_MESSAGES:
+        del recent[0]
+    return True
 
 
 def poll_budget(requested: int) -> int:
@@ -50,67 +72,111 @@ def poll_budget(requested: int) -> int:
     return max(requested, POLL_MIN_BYTES)
 
 
+# Message ids a session remembers having sent, so that a retransmission is
+# not pushed before its batch has looked it up.
+RECENT_MESSAGES = 8
+
+
 class Messaging:
+    """MESSAGE, ACK and POLL; MESSAGE and ACK finish in a callback on their future.
+
+    A new message is pushed to an online recipient as soon as it arrives,
+    before its batch commits, so that the recipient's ACK can reach the
+    writer in the same batch. The writer then records the delivery and
+    never writes the message. QUEUED still goes out only after the commit.
+    A message id the session sent lately waits for the writer's lookup
+    instead, so that a retransmission of a delivered message is answered
+    DELIVERED and not pushed again.
+    """
+
     def __init__(self, core: "RelayCore") -> None:
         self.core = core
+        # The latest ACK of each user still waiting for its commit, so that
+        # a POLL reads the mailbox after it and does not return those again.
+        self._acks_in_flight: dict[str, asyncio.Future] = {}
 
     # --- MESSAGE ---------------------------------------------------------------
 
     def message(self, session: Session, body: bytes, address: Address, now: int) -> None:
         core = self.core
-        message = decode_message(body)
+        message_id, recipient_id, ttl_s, payload = decode_message_fields(body)
         settings = core.settings
-        if not session.buckets.message.take(core.rates.message, now):
+        full_at = admit(session.buckets.message, core.rates.message, now)
+        if full_at is None:
             core.stats.rate_limited["message"] += 1
-            self._answer(session, message.message_id, AckStatus.RATE_LIMITED)
+            self._answer(session, message_id, AckStatus.RATE_LIMITED)
             return
+        session.buckets.message = full_at
         if core.draining:
-            self._answer(session, message.message_id, AckStatus.UNAVAILABLE)
+            self._answer(session, message_id, AckStatus.UNAVAILABLE)
             return
-        if len(message.payload) > settings.max_payload_bytes:
-            self._answer(session, message.message_id, AckStatus.TOO_LARGE)
+        if len(payload) > settings.max_payload_bytes:
+            self._answer(session, message_id, AckStatus.TOO_LARGE)
             return
-        ttl_s = min(message.ttl_s or settings.message_ttl_default_s, settings.message_ttl_max_s)
+        ttl_s = min(ttl_s or settings.message_ttl_default_s, settings.message_ttl_max_s)
         stored = StoredMessage(
-            sender_id=session.user_id,
-            message_id=message.message_id,
-            recipient_id=message.recipient_id,
-            payload=message.payload,
-            received_at_ms=now,
-            expires_at_ms=now + ttl_s * 1000,
-            trace_id=new_trace_id(),
+            session.user_id,
+            message_id,
+            recipient_id,
+            payload,
+            now,
+            now + ttl_s * 1000,
+            new_trace_id(),
         )
-        core.spawn(self._store(stored, time.perf_counter()))
-
-    async def _store(self, stored: StoredMessage, started: float) -> None:
-        core = self.core
+        started = time.perf_counter()
         try:
-            status = await core.storage.enqueue(stored)
+            future = core.storage.submit_enqueue(stored)
         except StorageUnavailable as exc:
-            core.stats.storage_errors += 1
-            if (held_back := _storage_errors.allow("enqueue")) is not None:
-                log.warning(
-                    "message_not_stored",
-                    error=str(exc),
-                    trace_id=stored.trace_id,
-                    user_id=stored.sender_id,
-                    held_back=held_back,
-                )
+            self._storage_failed(exc, stored.trace_id)
+            self._answer(session, message_id, AckStatus.UNAVAILABLE)
+            return
+        # The enqueue is queued before the push goes out, so the ACK of the
+        # push lands in the same batch or a later one, never an earlier one.
+        pushed = _first_seen(session, message_id) and self.push(stored, now)
+        core.follow(future, partial(self._stored, stored, started, pushed))
+
+    def _stored(
+        self,
+        stored: StoredMessage,
+        started: float,
+        pushed: bool,
+        future: asyncio.Future,
+    ) -> None:
+        core = self.core
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            status = future.result()
+        elif isinstance(error, StorageUnavailable):
+            self._storage_failed(error, stored.trace_id)
             status = AckStatus.UNAVAILABLE
+        else:
+            raise error
         now = core.clock()
         sender = core.sessions.of_user(stored.sender_id, now)
         if sender is not None:
             self._answer(sender, stored.message_id, status)
-        core.stats.observe_latency("message", time.perf_counter() - started)
+        duration_s = time.perf_counter() - started
+        core.stats.observe_latency("message", duration_s)
         log.debug(
             "message_stored",
             trace_id=stored.trace_id,
             user_id=stored.sender_id,
             status=status.name,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(duration_s * 1000, 3),
         )
-        if status == AckStatus.QUEUED:
+        if status == AckStatus.QUEUED and not pushed:
             self.push(stored, now)
+
+    def _storage_failed(self, error: StorageUnavailable, trace_id: str) -> None:
+        self.core.stats.storage_errors += 1
+        held_back = _storage_errors.allow("storage")
+        if held_back is None:
+            return
+        # A MESSAGE has a trace id; ACK and POLL failures do not.
+        event = "message_not_stored" if trace_id else "storage_unavailable"
+        log.warning(event, error=str(error), trace_id=trace_id, held_back=held_back)
 
     def _answer(self, session: Session, message_id: str, status: AckStatus) -> None:
         core = self.core
@@ -122,40 +188,61 @@ class Messaging:
         body = encode_message_ack(message_id, status)
         core.send_session(session, PacketType.MESSAGE_ACK, body)
 
-    def push(self, stored: StoredMessage, now: int) -> None:
-        """Send a stored message to its recipient now, if it is online and reachable.
+    def push(self, stored: StoredMessage, now: int) -> bool:
+        """Send a message to its recipient now, if it is online and reachable.
 
         A push is a hint: the message stays in the mailbox until acknowledged.
+        Returns whether it was sent.
         """
         core = self.core
         recipient = core.sessions.of_user(stored.recipient_id, now)
         if recipient is None or not recipient.validated:
-            return
-        entry = encode_entry(
-            Entry(stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload)
+            return False
+        entry = encode_entry_fields(
+            stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload
         )
         if relay_packet_size(len(entry)) > PUSH_DATAGRAM_LIMIT:
-            return
+            return False
         core.send_session(recipient, PacketType.MESSAGE_DELIVER, entry)
         core.stats.pushes += 1
         log.debug("message_pushed", trace_id=stored.trace_id, user_id=stored.recipient_id)
+        return True
 
     # --- ACK -----------------------------------------------------------------
 
     def ack(self, session: Session, body: bytes, address: Address, now: int) -> None:
         core = self.core
         keys = decode_ack(body)
-        if not session.buckets.ack.take(core.rates.ack, now):
+        full_at = admit(session.buckets.ack, core.rates.ack, now)
+        if full_at is None:
             core.stats.rate_limited["ack"] += 1
             core.stats.failed["ack"] += 1
             return
-        core.spawn(self._acknowledge(session.user_id, keys, now, time.perf_counter()))
+        session.buckets.ack = full_at
+        user_id = session.user_id
+        try:
+            future = core.storage.submit_acknowledge(user_id, keys, now)
+        except StorageUnavailable as exc:
+            self._storage_failed(exc, "")
+            return
+        self._acks_in_flight[user_id] = future
+        core.follow(future, partial(self._acknowledged, user_id, time.perf_counter()))
 
-    async def _acknowledge(
-        self, user_id: str, keys: list[tuple[str, str]], now: int, started: float
+    def _acknowledged(
+        self, user_id: str, started: float, future: asyncio.Future
     ) -> None:
         core = self.core
-        receipts = await core.storage.acknowledge(user_id, keys, now)
+        if self._acks_in_flight.get(user_id) is future:
+            del self._acks_in_flight[user_id]
+        if future.cancelled():
+            return
+        error = future.exception()
+        if isinstance(error, StorageUnavailable):
+            self._storage_failed(error, "")
+            return
+        if error is not None:
+            raise error
+        receipts: list[Receipt] = future.result()
         core.stats.succeeded["ack"] += 1
         core.stats.observe_latency("ack", time.perf_counter() - started)
         now = core.clock()
@@ -178,22 +265,29 @@ class Messaging:
     def poll(self, session: Session, body: bytes, address: Address, now: int) -> None:
         core = self.core
         max_bytes = poll_budget(decode_poll(body))
-        if not session.buckets.poll.take(core.rates.poll, now):
+        full_at = admit(session.buckets.poll, core.rates.poll, now)
+        if full_at is None:
             core.stats.rate_limited["poll"] += 1
             core.stats.failed["poll"] += 1
             return
+        session.buckets.poll = full_at
         core.spawn(self._answer_poll(session, max_bytes, now, time.perf_counter()))
 
     async def _answer_poll(
         self, session: Session, max_bytes: int, now: int, started: float
     ) -> None:
         core = self.core
+        acknowledging = self._acks_in_flight.get(session.user_id)
+        if acknowledging is not None and not acknowledging.done():
+            # Read after the user's latest ACK commits, or the response would
+            # repeat the messages that ACK is deleting.
+            await asyncio.wait([acknowledging])
         room = max(0, max_bytes - _POLL_RESPONSE_FIXED_SIZE)
         fetched = await core.storage.fetch(session.user_id, now, room)
         if core.sessions.by_id.get(session.session_id) is not session:
             return  # the session ended while the mailbox was read
         entries = [
-            encode_entry(Entry(m.message_id, m.sender_id, m.received_at_ms, m.payload))
+            encode_entry_fields(m.message_id, m.sender_id, m.received_at_ms, m.payload)
             for m in fetched.entries
         ]
         if session.path_nonce is not None:

@@ -20,6 +20,30 @@ class Rate:
     def per_second(cls, count: int) -> "Rate":
         return cls(count, count / 1_000)
 
+    @property
+    def interval_ms(self) -> float:
+        """Milliseconds in which one event's worth of allowance comes back."""
+        return 1 / self.per_ms
+
+
+def admit(full_at_ms: float, rate: Rate, now_ms: int) -> float | None:
+    """Take one event from a bucket kept as the time it is full again.
+
+    Returns the bucket's new full-at time, or None when the event is over
+    the limit (the bucket is then unchanged). This is a token bucket of
+    `rate.burst` tokens in one number: the tokens missing are
+    (full_at_ms - now_ms) / interval, so an event fits while at most
+    burst - 1 are missing. A bucket not used for a while is full, and 0.0
+    stands for that.
+    """
+    interval = 1 / rate.per_ms
+    start = full_at_ms if full_at_ms > now_ms else now_ms
+    full_at = start + interval
+    # The tolerance absorbs float rounding of the interval at exact refills.
+    if full_at - now_ms > rate.burst * interval + 1e-6:
+        return None
+    return full_at
+
 
 class TokenBucket:
     """One bucket; the Rate is kept by the owner so that buckets stay small.

@@ -263,7 +263,8 @@ class Registrar:
         core.stats.registrations += 1
         core.stats.succeeded["register"] += 1
         log.debug("session_opened", user_id=register.user_id, pending=pending)
-        datagram = seal_registered(session.outbound, session_id, re_public, 1, body)
+        outbound = core.sessions.ciphers.build(session)[1]
+        datagram = seal_registered(outbound, session_id, re_public, 1, body)
         return session_id, datagram
 
     def _fresh_session_id(self) -> bytes:

@@ -1,33 +1,41 @@
 """Live sessions, the sessions that recently ended, and their lookup tables."""
 
+from collections import deque
+
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from relay.core.ratelimit import TokenBucket
-from relay.protocol.replay import ReplayWindow
+from relay.protocol.replay import WINDOW_SIZE
+
+WINDOW_MASK = (1 << WINDOW_SIZE) - 1
+# Sessions whose cipher objects stay built: about 4.5 KiB each.
+HOT_SESSIONS = 1024
 
 Address = tuple[str, int]
 
 
 class UserBuckets:
-    """A user's rate-limit buckets, carried over when the user registers again."""
+    """A user's four rate limits, carried over when the user registers again.
+
+    Each field is the time in milliseconds at which that bucket is full
+    again (see `ratelimit.admit`); 0.0 means full. A float per limit
+    instead of a bucket object per limit keeps a session small.
+    """
 
     __slots__ = ("ack", "message", "ping", "poll")
 
-    def __init__(
-        self,
-        message: TokenBucket,
-        poll: TokenBucket,
-        ack: TokenBucket,
-        ping: TokenBucket,
-    ) -> None:
-        self.message = message
-        self.poll = poll
-        self.ack = ack
-        self.ping = ping
+    def __init__(self) -> None:
+        self.message = self.poll = self.ack = self.ping = 0.0
 
 
 class Session:
     """One registered phone: its keys, counters, address and liveness.
+
+    `keys` is k_c2s followed by k_s2c. `ciphers` contains the cipher objects
+    built from them (inbound, outbound) while the session table's
+    CipherCache lets it keep them, and None otherwise. `highest` and `seen`
+    are the replay window of the counters received, as in
+    protocol.replay.ReplayWindow, kept in the session so that the hot path
+    needs no second object.
 
     `address` is where replies go. After a move to a new address it is
     unvalidated until a PING echoes `path_nonce`; meanwhile `path_budget`
@@ -37,16 +45,18 @@ class Session:
     __slots__ = (
         "address",
         "buckets",
+        "ciphers",
         "closing",
-        "inbound",
+        "highest",
+        "keys",
         "last_seen_ms",
-        "outbound",
         "path_budget",
         "path_nonce",
+        "recent_messages",
+        "seen",
         "send_counter",
         "session_id",
         "user_id",
-        "window",
     )
 
     def __init__(
@@ -54,23 +64,25 @@ class Session:
         session_id: bytes,
         user_id: str,
         address: Address,
-        inbound: ChaCha20Poly1305,
-        outbound: ChaCha20Poly1305,
+        keys: bytes,
         buckets: UserBuckets,
         now_ms: int,
     ) -> None:
         self.session_id = session_id
         self.user_id = user_id
         self.address = address
-        self.inbound = inbound
-        self.outbound = outbound
+        self.keys = keys
+        self.ciphers: tuple[ChaCha20Poly1305, ChaCha20Poly1305] | None = None
         self.buckets = buckets
-        self.window = ReplayWindow()
+        self.highest = 0
+        self.seen = 1  # counter 0 counts as used
         self.send_counter = 1  # REGISTERED is packet 1
         self.last_seen_ms = now_ms
         self.path_nonce: bytes | None = None
         self.path_budget = 0
         self.closing = False
+        # Hashes of the last message ids this session sent, from its first MESSAGE.
+        self.recent_messages: list[int] | None = None
 
     @property
     def validated(self) -> bool:
@@ -79,6 +91,37 @@ class Session:
     def next_counter(self) -> int:
         self.send_counter += 1
         return self.send_counter
+
+
+class CipherCache:
+    """Builds sessions' ChaCha20-Poly1305 objects and keeps the newest ones.
+
+    A cipher object keeps OpenSSL contexts of about 2 KiB, so keeping two
+    per session would cost more than the rest of the session. Building
+    one takes about a microsecond, so only the `max_sessions` sessions
+    that needed them most recently keep theirs, in `Session.ciphers`; the
+    oldest holder loses its pair when a new one is built.
+    """
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._holders: deque[Session] = deque()
+        self.builds = 0
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def build(self, session: Session) -> tuple[ChaCha20Poly1305, ChaCha20Poly1305]:
+        """Build (inbound, outbound) for a session and keep them in it."""
+        keys = session.keys
+        pair = (ChaCha20Poly1305(keys[:32]), ChaCha20Poly1305(keys[32:]))
+        session.ciphers = pair
+        self.builds += 1
+        holders = self._holders
+        holders.append(session)
+        if len(holders) > self.max_sessions:
+            holders.popleft().ciphers = None
+        return pair
 
 
 class EndedSession:
@@ -102,6 +145,7 @@ class SessionTable:
         self.by_id: dict[bytes, Session] = {}
         self.by_user: dict[str, Session] = {}
         self.ended: dict[bytes, EndedSession] = {}
+        self.ciphers = CipherCache(HOT_SESSIONS)
 
     def __len__(self) -> int:
         return len(self.by_id)

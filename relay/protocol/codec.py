@@ -212,12 +212,21 @@ class Message:
 
 
 def decode_message(body: bytes) -> Message:
+    return Message(*decode_message_fields(body))
+
+
+def decode_message_fields(body: bytes) -> tuple[str, str, int, bytes]:
+    """Return (message_id, recipient_id, ttl_s, payload) without building a Message.
+
+    The relay decodes every MESSAGE, and a frozen dataclass costs about a
+    microsecond more than the tuple.
+    """
     if len(body) < MESSAGE_OVERHEAD:
         raise DecodeError("MESSAGE body shorter than its fixed fields")
     raw_id, raw_recipient, ttl_s, payload_len = _MESSAGE_FIXED.unpack_from(body)
     _expect_size(body, MESSAGE_OVERHEAD + payload_len, "MESSAGE body")
     payload = body[MESSAGE_OVERHEAD:]
-    return Message(decode_uuid(raw_id), decode_uuid(raw_recipient), ttl_s, payload)
+    return decode_uuid(raw_id), decode_uuid(raw_recipient), ttl_s, payload
 
 
 def encode_message(message: Message) -> bytes:
@@ -265,13 +274,19 @@ def entry_size(payload_length: int) -> int:
 
 
 def encode_entry(entry: Entry) -> bytes:
-    fixed = _ENTRY_FIXED.pack(
-        encode_uuid(entry.message_id),
-        encode_uuid(entry.sender_id),
-        entry.received_at_ms,
-        len(entry.payload),
+    return encode_entry_fields(
+        entry.message_id, entry.sender_id, entry.received_at_ms, entry.payload
     )
-    return fixed + entry.payload
+
+
+def encode_entry_fields(
+    message_id: str, sender_id: str, received_at_ms: int, payload: bytes
+) -> bytes:
+    """Encode a mailbox entry from its fields, without building an Entry."""
+    fixed = _ENTRY_FIXED.pack(
+        encode_uuid(message_id), encode_uuid(sender_id), received_at_ms, len(payload)
+    )
+    return fixed + payload
 
 
 def _decode_entry_at(body: bytes, offset: int) -> tuple[Entry, int]:

@@ -6,10 +6,14 @@ records, and decides atomically what a single writer would: key conflicts,
 duplicates, unknown recipients and quotas. SQLite is the embedded
 implementation; a distributed one must give the same answers.
 
-Async methods may wait for a commit. The two synchronous methods are
-called on the hot path and must answer from memory.
+Async methods may wait for a commit. `submit_enqueue` and
+`submit_acknowledge` queue the same work as `enqueue` and `acknowledge` at
+once and return its future, so that the relay can finish each MESSAGE and
+ACK in a callback instead of a task of its own. The two synchronous
+methods that read are called on the hot path and must answer from memory.
 """
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,6 +117,18 @@ class Storage(Protocol):
         Returns the deleted messages that had not expired, whose senders get
         a DELIVERED receipt. Pairs not in that mailbox are ignored.
         """
+
+    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[AckStatus]":
+        """Queue `enqueue` now; return the future of its status.
+
+        Raises StorageUnavailable at once when storage is closed; the future
+        fails with it when the commit fails.
+        """
+
+    def submit_acknowledge(
+        self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
+    ) -> "asyncio.Future[list[Receipt]]":
+        """Queue `acknowledge` now; return the future of its receipts."""
 
     async def fetch(self, recipient_id: str, now_ms: int, max_bytes: int) -> Fetched:
         """Return the oldest unexpired messages of a mailbox, in mailbox order.

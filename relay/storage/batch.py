@@ -1,11 +1,15 @@
 """SQL of one group-commit batch, run inside the transaction the writer opened.
 
-Each step is set-based: one statement, or one executemany, covers every
-operation of its kind in the batch, so the round trips to the database
-thread do not grow with the batch size. The exception is a step that needs
-more bound variables than one statement of the SQLite library accepts
-(250,000 in Debian 12's build, 32,766 by default since SQLite 3.32). Such
-a step is split into as few statements as that limit allows.
+Each step is set-based: one statement covers every operation of its kind
+in the batch, so the round trips to the database thread do not grow with
+the batch size. Rows are inserted with multi-row VALUES statements, not
+executemany: executemany gives up the GIL for every row and must take it
+back from the event loop, which while busy keeps it for up to the switch
+interval, so each row of a batch could wait that long.
+
+A step that needs more bound variables than one statement of the SQLite
+library accepts (250,000 in Debian 12's build, 32,766 by default since
+SQLite 3.32) is split into as few statements as that limit allows.
 
 The writer is the only writer of the file, so a select followed by a write
 in the same transaction decides atomically.
@@ -38,10 +42,10 @@ SET x25519_public = excluded.x25519_public, updated_at_ms = excluded.updated_at_
 WHERE users.ed25519_public = excluded.ed25519_public
 """
 
-_INSERT_MESSAGE = """
+_INSERT_MESSAGES = """
 INSERT INTO mailbox_messages (recipient_id, sender_id, message_id, received_at_ms,
                               expires_at_ms, payload, trace_id)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES {rows}
 """
 # Lookup result of a message without a result row: new, to a registered user.
 _NEW_MESSAGE = (None, None, True)
@@ -74,9 +78,9 @@ WHERE seq IN (
 RETURNING message_id, trace_id, {SUMMARY_COLUMNS}
 """
 
-_RECORD_OUTCOME = """
+_RECORD_OUTCOMES = """
 INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
-VALUES (?, ?, ?, ?)
+VALUES {rows}
 """
 
 _RECORD_EXPIRED = """
@@ -115,6 +119,7 @@ class IndexChanges:
         self.added: list[MessageSummary] = []
         self.removed: list[MessageSummary] = []
         self.dropped: list[str] = []
+        self.unwritten = 0  # messages acknowledged in the batch that admitted them
 
     def apply(self, index: MailboxIndex) -> None:
         # Same order as the batch: enqueues come before acknowledgements and
@@ -148,17 +153,24 @@ class BatchTransaction:
 
         Registrations run first, so that a message to a user registering in
         the same batch finds that user. Enqueues follow, then
-        acknowledgements, sweeps, erasures and write probes.
+        acknowledgements, sweeps, erasures and write probes. A message that
+        an ACK in the same batch names is recorded as delivered and never
+        inserted: the relay pushes a new message as it arrives, so the
+        recipient's ACK often reaches the writer before the message's batch
+        has begun.
         """
         registrations, enqueues, acknowledgements, sweeps, erasures, probes = (
             _by_kind(operations)
         )
         if registrations:
             await self._register(registrations)
+        admitted: dict[tuple[str, str, str], StoredMessage] = {}
         if enqueues:
-            await self._enqueue(enqueues)
+            admitted = await self._enqueue(enqueues)
         if acknowledgements:
-            await self._acknowledge(acknowledgements)
+            await self._acknowledge(acknowledgements, admitted)
+        if admitted:
+            await self._insert(list(admitted.values()))
         for sweep in sweeps:
             await self._sweep(sweep)
         for erasure in erasures:
@@ -205,7 +217,14 @@ class BatchTransaction:
 
     # --- enqueues --------------------------------------------------------------------
 
-    async def _enqueue(self, operations: list[EnqueueMessage]) -> None:
+    async def _enqueue(
+        self, operations: list[EnqueueMessage]
+    ) -> dict[tuple[str, str, str], StoredMessage]:
+        """Decide each message's status; return the admitted ones, not yet inserted.
+
+        The result maps (recipient_id, sender_id, message_id) to the message,
+        so that acknowledgements in the same batch can find them.
+        """
         # The first copy of a (sender_id, message_id) decides; later copies
         # in the same batch get its status.
         firsts: dict[tuple[str, str], EnqueueMessage] = {}
@@ -218,7 +237,7 @@ class BatchTransaction:
 
         found = await self._look_up([op.message for op in firsts.values()])
         quota = QuotaCheck(self._index, self._quotas)
-        rows = []
+        admitted = {}
         for key, op in firsts.items():
             stored_expiry, recorded_status, recipient_known = found.get(
                 key, _NEW_MESSAGE
@@ -232,12 +251,14 @@ class BatchTransaction:
                 op.status = AckStatus.MAILBOX_FULL
             else:
                 op.status = AckStatus.QUEUED
-                rows.append(_message_row(op.message))
-                self.changes.added.append(_summary(op.message))
+                admitted[op.message.recipient_id, key[0], key[1]] = op.message
         for copy, first in copies:
             copy.status = first.status
-        if rows:
-            await self._db.executemany(_INSERT_MESSAGE, rows)
+        return admitted
+
+    async def _insert(self, messages: list[StoredMessage]) -> None:
+        await self._insert_rows(_INSERT_MESSAGES, [_message_row(m) for m in messages])
+        self.changes.added.extend(_summary(m) for m in messages)
 
     async def _look_up(
         self, messages: list[StoredMessage]
@@ -259,18 +280,38 @@ class BatchTransaction:
 
     # --- acknowledgements ------------------------------------------------------------
 
-    async def _acknowledge(self, operations: list[AcknowledgeMessages]) -> None:
+    async def _acknowledge(
+        self,
+        operations: list[AcknowledgeMessages],
+        admitted: dict[tuple[str, str, str], StoredMessage],
+    ) -> None:
+        """Delete acknowledged messages, and take those admitted in this batch out.
+
+        A message admitted in this batch and acknowledged by its recipient
+        is removed from `admitted`, so it is never inserted. It gets a dedup
+        record and a receipt as a deleted one would.
+        """
         named = dict.fromkeys(
             (op.recipient_id, sender_id, message_id)
             for op in operations
             for sender_id, message_id in op.keys
         )
-        deleted = await self._delete_acknowledged(list(named))
+        unwritten = {key: admitted.pop(key) for key in named if key in admitted}
+        self.changes.unwritten += len(unwritten)
+        stored = [key for key in named if key not in unwritten]
+        deleted = await self._delete_acknowledged(stored) if stored else {}
         records = []
         # Operations in batch order, so the first ACK naming a message gets it.
         for op in operations:
             for sender_id, message_id in op.keys:
-                row = deleted.pop((op.recipient_id, sender_id, message_id), None)
+                key = (op.recipient_id, sender_id, message_id)
+                message = unwritten.pop(key, None)
+                if message is not None:
+                    records.append(_unwritten_outcome(op, message))
+                    if message.expires_at_ms > op.now_ms:
+                        op.receipts.append(_receipt(message))
+                    continue
+                row = deleted.pop(key, None)
                 if row is None:
                     continue
                 summary, trace_id = row
@@ -283,7 +324,7 @@ class BatchTransaction:
                     Receipt(sender_id, message_id, trace_id, summary.received_at_ms)
                 )
         if records:
-            await self._db.executemany(_RECORD_OUTCOME, records)
+            await self._insert_rows(_RECORD_OUTCOMES, records)
 
     async def _delete_acknowledged(
         self, triples: list[tuple[str, str, str]]
@@ -328,6 +369,13 @@ class BatchTransaction:
     def _rows_per_statement(self, width: int) -> int:
         return max(1, self._max_variables // width)
 
+    async def _insert_rows(self, template: str, rows: list[tuple]) -> None:
+        """Insert rows with as few multi-row statements as the variable limit allows."""
+        width = len(rows[0])
+        for chunk in _chunks(rows, self._rows_per_statement(width)):
+            sql = template.format(rows=_placeholders(len(chunk), width))
+            await self._db.execute(sql, _flatten(chunk))
+
 
 def _by_kind(operations: Sequence[WriteOperation]) -> tuple[list, ...]:
     kinds = (
@@ -355,6 +403,19 @@ def _duplicate_status(
     if recorded_status is not None:
         return AckStatus(recorded_status)
     return None
+
+
+def _unwritten_outcome(op: AcknowledgeMessages, message: StoredMessage) -> tuple:
+    """Return the dedup record of a message acknowledged before it was written."""
+    expired = message.expires_at_ms <= op.now_ms
+    status = _STATUS_EXPIRED if expired else _STATUS_DELIVERED
+    return (message.sender_id, message.message_id, status, op.now_ms)
+
+
+def _receipt(message: StoredMessage) -> Receipt:
+    return Receipt(
+        message.sender_id, message.message_id, message.trace_id, message.received_at_ms
+    )
 
 
 def _message_row(message: StoredMessage) -> tuple:

@@ -32,12 +32,13 @@ from relay.storage.base import (
     StoredMessage,
     Sweep,
 )
+from relay.storage.checkpoint import Checkpointer, open_checkpointer
 from relay.storage.connection import (
     SQLITE_MAGIC,
+    HeaderReader,
     connect,
     is_corruption,
     prepare_file,
-    HeaderReader,
 )
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import (
@@ -129,6 +130,7 @@ class SqliteStorage:
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
         self._header: HeaderReader | None = None
+        self._checkpointer: Checkpointer | None = None
         self._closed = False
         self._read_error: str | None = None
         self._read_error_at_ms: int | None = None
@@ -174,6 +176,16 @@ class SqliteStorage:
             write_connection, index, self.quotas, self.write_batch_max, max_variables
         )
         self._writer.start()
+        writer = self._writer
+        try:
+            self._checkpointer = open_checkpointer(
+                self.path, lambda: writer.commit_count
+            )
+        except sqlite3.Error as exc:
+            # Checkpoints then run only inside commits, as SQLite does alone.
+            log.warning("checkpoint_connection_failed", error=str(exc))
+        else:
+            self._checkpointer.start()
         log.info(
             "storage_opened",
             path=str(self.path),
@@ -203,6 +215,8 @@ class SqliteStorage:
             return
         self._closed = True
         try:
+            if self._checkpointer is not None:
+                await self._checkpointer.stop()
             await writer.stop()
             await _close_quietly(reader)
             try:
@@ -221,7 +235,13 @@ class SqliteStorage:
             writer.connection.stop()
             log.warning("storage_close_cancelled", path=str(self.path))
             raise
-        log.info("storage_closed", path=str(self.path))
+        log.info(
+            "storage_closed",
+            path=str(self.path),
+            commits=writer.commit_count,
+            committed_operations=writer.committed_operations,
+            unwritten_messages=writer.unwritten_messages,
+        )
 
     async def suspend(self, reason: str) -> None:
         """Close the database as close() does, but leave the storage able to open again.
@@ -256,21 +276,31 @@ class SqliteStorage:
         return await self._submit(operation)
 
     async def enqueue(self, message: StoredMessage) -> AckStatus:
+        return await self.submit_enqueue(message)
+
+    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[AckStatus]":
         if not isinstance(message.payload, bytes):
             raise TypeError(
                 f"payload must be bytes, got {type(message.payload).__name__}"
             )
-        return await self._submit(EnqueueMessage(self._new_future(), message))
+        return self._submit(EnqueueMessage(self._new_future(), message))
 
     async def acknowledge(
         self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
     ) -> list[Receipt]:
+        return await self.submit_acknowledge(recipient_id, keys, now_ms)
+
+    def submit_acknowledge(
+        self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
+    ) -> "asyncio.Future[list[Receipt]]":
         if not keys:
-            return []
+            done = self._new_future()
+            done.set_result([])
+            return done
         operation = AcknowledgeMessages(
             self._new_future(), recipient_id, list(keys), now_ms
         )
-        return await self._submit(operation)
+        return self._submit(operation)
 
     async def erase_user(self, user_id: str) -> None:
         await self._submit(EraseUser(self._new_future(), user_id))
@@ -287,7 +317,12 @@ class SqliteStorage:
         """
         await self._submit(ProbeWrite(self._new_future()))
 
-    async def _submit(self, operation: WriteOperation) -> object:
+    def _submit(self, operation: WriteOperation) -> asyncio.Future:
+        """Queue an operation for the writer and return its future.
+
+        Raises StorageUnavailable at once when the storage is not open,
+        closed or corrupt.
+        """
         writer = self._writer
         if writer is None:
             raise StorageUnavailable(f"database not open: {self.open_error}")
@@ -297,7 +332,7 @@ class SqliteStorage:
         if corruption is not None:
             raise StorageUnavailable(f"database file is corrupt: {corruption}")
         writer.submit(operation)
-        return await operation.future
+        return operation.future
 
     def _new_future(self) -> asyncio.Future:
         return asyncio.get_running_loop().create_future()

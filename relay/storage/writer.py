@@ -83,6 +83,7 @@ class GroupCommitWriter:
 
         self.commit_count = 0
         self.committed_operations = 0
+        self.unwritten_messages = 0  # acknowledged before their batch, never written
         self.failed_batch_count = 0
         self.commit_latencies_ms: deque[float] = deque(maxlen=COMMIT_LATENCY_SAMPLES)
         self.last_error: str | None = None
@@ -217,6 +218,7 @@ class GroupCommitWriter:
         log.info("mailbox_index_rebuilt", messages=self.index.message_count)
 
     def _apply(self, changes: IndexChanges) -> None:
+        self.unwritten_messages += changes.unwritten
         try:
             changes.apply(self.index)
         except Exception:

@@ -176,3 +176,40 @@ async def test_large_message_not_pushed(relay):
     await alice.exchange(alice.message(bob, b"x" * 1084))
     (push,) = bob.events()
     assert len(push.entry.payload) == 1084
+
+
+async def test_new_message_pushed_before_commit(relay):
+    alice, bob = await registered(relay, 2)
+    alice.send(alice.message(bob))
+    (push,) = bob.events()
+    assert isinstance(push, EntryPushed)
+    assert alice.events() == []  # QUEUED waits for the commit
+    await relay.settle()
+    assert statuses(alice.events()) == [AckStatus.QUEUED]
+
+
+async def test_ack_before_commit_never_stores(relay):
+    alice, bob = await registered(relay, 2)
+    message_id = str(uuid.uuid4())
+    alice.send(alice.message(bob, message_id=message_id))
+    (push,) = bob.events()
+    bob.send(bob.session.ack([(alice.user_id, message_id)]))
+    await relay.settle()
+    assert statuses(alice.events()) == [AckStatus.QUEUED, AckStatus.DELIVERED]
+    assert relay.storage.stats().queue_size == 0
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.DELIVERED]
+    assert bob.events() == []
+
+
+async def test_repeated_message_waits_for_lookup(relay):
+    alice, bob = await registered(relay, 2)
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id))
+    (push,) = bob.events()
+    alice.send(alice.message(bob, message_id=message_id))
+    assert bob.events() == []  # not pushed before the writer looked it up
+    await relay.settle()
+    assert statuses(alice.events()) == [AckStatus.QUEUED]
+    (again,) = bob.events()  # still waiting, so pushed once more after commit
+    assert again.entry.message_id == message_id

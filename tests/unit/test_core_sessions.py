@@ -14,6 +14,7 @@ from relay.client.events import (
     SessionErrorReceived,
     UnregisteredReceived,
 )
+from relay.core.session import CipherCache, Session, UserBuckets
 from relay.protocol.codec import decode_error, pack_header
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode, PacketType
 
@@ -267,3 +268,32 @@ async def test_message_to_self_and_unknown_user_id_format(relay):
         AckStatus.QUEUED
     ]
     assert str(uuid.UUID(phone.user_id)) == phone.user_id
+
+
+def _session(user_id: str, port: int) -> Session:
+    address = ("127.0.0.1", port)
+    return Session(os.urandom(16), user_id, address, os.urandom(64), UserBuckets(), 0)
+
+
+def test_cipher_cache_keeps_only_newest_sessions():
+    cache = CipherCache(max_sessions=2)
+    sessions = [
+        _session(f"user-{i}", i) for i in range(3)
+    ]
+    for session in sessions:
+        cache.build(session)
+    assert sessions[0].ciphers is None
+    assert sessions[1].ciphers is not None
+    assert sessions[2].ciphers is not None
+    assert len(cache) == 2
+
+
+def test_cipher_cache_rebuilds_same_keys():
+    cache = CipherCache(max_sessions=1)
+    session = _session("user", 1)
+    inbound, outbound = cache.build(session)
+    sealed = outbound.encrypt(bytes(12), b"body", b"")
+    cache.build(_session("other", 2))
+    assert session.ciphers is None
+    _, rebuilt = cache.build(session)
+    assert rebuilt.encrypt(bytes(12), b"body", b"") == sealed

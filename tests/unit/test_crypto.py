@@ -1,5 +1,7 @@
 """Strict key and signature checks."""
 
+import os
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -70,3 +72,47 @@ def test_session_keys_differ_by_direction_and_session():
     assert keys[0] != keys[1]
     assert keys != other
     assert all(len(key) == 32 for key in keys)
+
+
+def _x25519_gives_zeros(public: bytes) -> bool:
+    """The definition the fast check stands for: X25519 with a fixed scalar."""
+    probe = X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    try:
+        crypto.x25519(probe, public)
+    except crypto.CryptoError:
+        return True
+    return False
+
+
+def _low_order_encodings() -> list[bytes]:
+    order_8 = (
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    )
+    found = []
+    for u in (0, 1, P - 1, *order_8):
+        for value in (u, u + P):
+            if value >= 2**255:
+                continue
+            for top_bit in (0, 1 << 255):
+                found.append((value | top_bit).to_bytes(32, "little"))
+    return found
+
+
+@pytest.mark.parametrize("public", _low_order_encodings())
+def test_low_order_check_covers_every_encoding(public):
+    assert _x25519_gives_zeros(public)
+    assert crypto.is_low_order_x25519(public)
+
+
+def test_low_order_check_agrees_with_x25519_nearby():
+    values = list(range(300)) + list(range(P - 300, 2**255))
+    for value in values:
+        public = value.to_bytes(32, "little")
+        assert crypto.is_low_order_x25519(public) == _x25519_gives_zeros(public), value
+
+
+def test_low_order_check_agrees_with_x25519_on_random_keys():
+    for _ in range(2_000):
+        public = os.urandom(32)
+        assert crypto.is_low_order_x25519(public) == _x25519_gives_zeros(public)

@@ -1,6 +1,6 @@
 """Token buckets and bounded per-address tables on a fake clock."""
 
-from relay.core.ratelimit import AddressLimiter, Rate, TokenBucket, address_key
+from relay.core.ratelimit import AddressLimiter, Rate, TokenBucket, address_key, admit
 
 
 def test_bucket_allows_burst_then_refills():
@@ -62,3 +62,36 @@ def test_ipv6_limited_per_64():
 def test_ipv4_mapped_counts_as_ipv4():
     assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
     assert address_key("192.0.2.7") == "192.0.2.7"
+
+
+def test_admit_allows_burst_then_refills():
+    rate = Rate.per_minute(6)
+    full_at = 0.0
+    for _ in range(6):
+        full_at = admit(full_at, rate, 0)
+        assert full_at is not None
+    assert admit(full_at, rate, 0) is None
+    assert admit(full_at, rate, 9_999) is None
+    assert admit(full_at, rate, 10_000) is not None  # one event every 10 s
+
+
+def test_admit_never_exceeds_burst():
+    rate = Rate.per_minute(6)
+    full_at = admit(0.0, rate, 3_600_000)
+    taken = 0
+    for _ in range(10):
+        later = admit(full_at, rate, 3_600_000)
+        if later is not None:
+            full_at, taken = later, taken + 1
+    assert taken == 5
+
+
+def test_admit_matches_token_bucket():
+    rate = Rate.per_second(3)
+    bucket = TokenBucket(rate, now_ms=0)
+    full_at = 0.0
+    for now_ms in range(0, 5_000, 37):
+        allowed = admit(full_at, rate, now_ms)
+        assert bucket.take(rate, now_ms) == (allowed is not None)
+        if allowed is not None:
+            full_at = allowed

@@ -607,3 +607,71 @@ async def test_erase_runs_in_batch_of_its_own(storage, alice, bob):
     assert after is AckStatus.UNKNOWN_RECIPIENT
     assert storage.commit_count == commits + 3
     assert count_rows(storage.path, "mailbox_messages") == 0
+
+
+# --- acknowledged before written -----------------------------------------------------
+
+
+async def test_ack_in_same_batch_skips_insert(storage, alice, bob):
+    sent = message(alice, bob)
+    commits = storage.commit_count
+    changes = storage.writer.connection.total_changes
+    status = storage.submit_enqueue(sent)
+    receipts = storage.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 1)
+    assert await status is AckStatus.QUEUED
+    (receipt,) = await receipts
+    assert storage.commit_count == commits + 1
+    # One row changed, the dedup record: the message was never inserted.
+    assert storage.writer.connection.total_changes == changes + 1
+    assert receipt.message_id == sent.message_id
+    assert receipt.trace_id == sent.trace_id
+    assert count_rows(storage.path, "mailbox_messages") == 0
+    assert storage.pending_count(bob, NOW + 1) == 0
+    assert storage.stats().queue_size == 0
+
+
+async def test_ack_in_same_batch_records_delivery(storage, alice, bob):
+    sent = message(alice, bob)
+    await asyncio.gather(
+        storage.submit_enqueue(sent),
+        storage.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 1),
+    )
+    assert await storage.enqueue(sent) is AckStatus.DELIVERED
+    assert count_rows(storage.path, "mailbox_messages") == 0
+
+
+async def test_ack_from_other_user_in_same_batch_leaves_message(storage, alice, bob):
+    sent = message(alice, bob)
+    status = storage.submit_enqueue(sent)
+    receipts = storage.submit_acknowledge(alice, [(alice, sent.message_id)], NOW + 1)
+    assert await status is AckStatus.QUEUED
+    assert await receipts == []
+    assert count_rows(storage.path, "mailbox_messages") == 1
+    assert storage.pending_count(bob, NOW + 1) == 1
+
+
+async def test_ack_of_expired_message_in_same_batch_gives_no_receipt(storage, alice, bob):
+    sent = message(alice, bob, expires_at_ms=NOW + 10)
+    status = storage.submit_enqueue(sent)
+    receipts = storage.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 10)
+    assert await status is AckStatus.QUEUED
+    assert await receipts == []
+    assert await storage.enqueue(sent) is AckStatus.EXPIRED
+    assert count_rows(storage.path, "mailbox_messages") == 0
+
+
+async def test_ack_in_same_batch_survives_reopen(tmp_path):
+    store = SqliteStorage(tmp_path / "relay.db", QUOTAS, write_batch_max=500)
+    await store.open()
+    alice, bob = await register(store), await register(store)
+    sent = message(alice, bob)
+    await asyncio.gather(
+        store.submit_enqueue(sent),
+        store.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 1),
+    )
+    await store.close()
+    reopened = SqliteStorage(tmp_path / "relay.db", QUOTAS, write_batch_max=500)
+    await reopened.open()
+    assert await reopened.enqueue(sent) is AckStatus.DELIVERED
+    assert reopened.pending_count(bob, NOW + 1) == 0
+    await reopened.close()

@@ -1,0 +1,1 @@
+"""Scenarios: each starts its own relay on a fresh database and returns figures."""

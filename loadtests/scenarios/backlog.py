@@ -1,0 +1,182 @@
+"""Durable sends to offline phones, the latency at half that rate, then the drain.
+
+1. Senders keep a window of MESSAGEs to recipients that are offline, so
+   every QUEUED answer is a commit: the durable send rate. The same number
+   of rows, inserted raw with the relay's schema in batches of 100, is
+   the SQLite ceiling, measured just before.
+2. Senders send at half that rate, paced: MESSAGE to QUEUED latency.
+3. The recipients come back and poll the thousands of messages waiting
+   for each: the drain rate. Every QUEUED message must arrive.
+"""
+
+import random
+import time
+
+from loadtests.ceilings import sqlite_insert_rate
+from loadtests.context import Context, make_identities
+from loadtests.fleet import Fleet
+from loadtests.target import seed_users
+from loadtests.timeline import percentile
+from loadtests.traffic import (
+    ClosedLoop,
+    drain,
+    paced,
+    payload_of,
+    settle_answers,
+    steady_rate,
+)
+from relay.protocol.constants import AckStatus
+
+REGISTER_TIMEOUT_S = 30.0
+SLOW_S = 0.02  # answers slower than this are listed by time, to find their cause
+QUOTA_OFF = {
+    "MAILBOX_MAX_MESSAGES": 10_000_000,
+    "MAILBOX_MAX_BYTES": 2**40,
+    "MAILBOX_MAX_PER_SENDER": 10_000_000,
+}
+
+
+async def run(context: Context) -> dict:
+    options = context.options
+    figures: dict = {}
+    with context.progress("backlog: SQLite ceiling", None, "run") as bar:
+        ceiling = sqlite_insert_rate(
+            100, options.durable_messages, options.payload_bytes, context.out_dir
+        )
+        bar.set_postfix(rows_per_s=f"{ceiling:,.0f}")
+    figures["sqlite_batch100_rows_per_s"] = round(ceiling, 1)
+
+    timeline = context.new_timeline()
+    senders_ids = make_identities(options.senders)
+    recipient_ids = make_identities(options.recipients)
+    database = context.relay_directory("backlog") / "yaok_relay.db"
+    seed_users(database, recipient_ids, time.time_ns() // 1_000_000)
+    relay = context.start_relay("backlog", **QUOTA_OFF)
+    fleet = Fleet(relay.udp_address, relay.relay_public_key, timeline)
+    fleet.poll_bytes = options.poll_bytes
+    senders = fleet.make_phones(senders_ids)
+    recipients = fleet.make_phones(recipient_ids)
+    for phone in senders:
+        phone.drains = False
+    await fleet.connect(senders)
+    payload = payload_of(options.payload_bytes)
+    recipient_users = [p.user_id for p in recipients]
+
+    def pick(_sender) -> str:
+        return random.choice(recipient_users)
+
+    try:
+        waiting = await fleet.register(senders, REGISTER_TIMEOUT_S)
+        if waiting:
+            raise RuntimeError(f"{len(waiting)} senders did not register")
+        figures["durable"] = await _durable(context, fleet, senders, pick, payload)
+        durable_rate = figures["durable"]["queued_per_s"]
+        figures["durable"]["ratio_to_sqlite"] = round(durable_rate / ceiling, 3)
+        figures["half_rate"] = await _half_rate(
+            context, fleet, senders, pick, payload, durable_rate / 2
+        )
+        await fleet.connect(recipients)
+        figures["drain"] = await _drain(context, fleet, recipients)
+        figures["ledger"] = fleet.ledger.report().as_dict()
+        figures["errors"] = dict(fleet.errors)
+        return figures
+    finally:
+        fleet.close()
+
+
+async def _durable(context, fleet, senders, pick, payload) -> dict:
+    options = context.options
+    loop = ClosedLoop(
+        fleet,
+        senders,
+        pick,
+        payload,
+        options.send_window,
+        AckStatus.QUEUED,
+        options.durable_messages,
+    )
+    started_at = context.timeline.mark("durable")
+    with context.progress(
+        "backlog: durable sends", options.durable_messages, "msg"
+    ) as bar:
+
+        def progress() -> None:
+            bar.update(loop.completed - bar.n)
+
+        await loop.run(time.perf_counter() + 300, progress)
+    queued_times = [f.queued_at for f in fleet.ledger.fates.values() if f.queued_at]
+    rate = steady_rate(queued_times)
+    ended_at = context.timeline.now()
+    sampler = context.relay_sampler()
+    return {
+        "messages": loop.sent,
+        "queued": len(queued_times),
+        "stalled_slots": loop.stalled,
+        "queued_per_s": round(rate, 1),
+        "in_flight": options.senders * options.send_window,
+        "relay_cpu_percent": round(sampler.mean_cpu(started_at, ended_at), 1),
+        "generator_cpu_percent": _generator_cpu(context, started_at, ended_at),
+    }
+
+
+async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
+    options = context.options
+    started_at = context.timeline.mark("half rate")
+    duration = options.latency_duration_s
+    with context.progress("backlog: half rate", round(duration, 1), "s") as bar:
+        began = time.perf_counter()
+
+        def progress() -> None:
+            bar.update(round(time.perf_counter() - began - bar.n, 2))
+
+        sent = await paced(fleet, senders, pick, payload, rate, duration, progress)
+        await settle_answers(fleet, 10.0)
+    ended_at = context.timeline.now()
+    latencies = context.timeline.samples("message_to_queued", started_at, ended_at)
+    slow = [
+        round(at_s - started_at, 3)
+        for at_s, value in context.timeline.timed_samples("message_to_queued")
+        if started_at <= at_s < ended_at and value > SLOW_S
+    ]
+    return {
+        "slow_answers_at_s": slow[:: max(1, len(slow) // 200)],
+        "target_rate_per_s": round(rate, 1),
+        "sent": sent,
+        "answered": len(latencies),
+        "latency_p50_ms": _ms(percentile(latencies, 0.50)),
+        "latency_p95_ms": _ms(percentile(latencies, 0.95)),
+        "latency_p99_ms": _ms(percentile(latencies, 0.99)),
+        "latency_max_ms": _ms(max(latencies, default=float("nan"))),
+        "relay_cpu_percent": round(
+            context.relay_sampler().mean_cpu(started_at, ended_at), 1
+        ),
+    }
+
+
+async def _drain(context, fleet, recipients) -> dict:
+    started_at = context.timeline.mark("drain")
+    waiting = len(fleet.ledger.undelivered_queued())
+    with context.progress("backlog: drain", waiting, "msg") as bar:
+        seconds = await drain(fleet, recipients, 600.0, bar.update)
+    delivered = waiting - len(fleet.ledger.undelivered_queued())
+    return {
+        "recipients": len(recipients),
+        "waiting": waiting,
+        "delivered": delivered,
+        "seconds": round(seconds, 2),
+        "delivered_per_s": round(delivered / seconds, 1) if seconds else 0.0,
+        "poll_bytes": fleet.poll_bytes,
+        "relay_cpu_percent": round(
+            context.relay_sampler().mean_cpu(started_at, context.timeline.now()), 1
+        ),
+    }
+
+
+def _generator_cpu(context: Context, start: float, end: float) -> float | None:
+    if context.generator is None:
+        return None
+    return round(context.generator.mean_cpu(start, end), 1)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
