@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fuzz.environment import FuzzRelay
 from relay.client.session import ClientSession
@@ -331,6 +332,7 @@ class ClientTarget:
         session = self.relay.live_session(self.relay.alice)
         assert session is not None
         self.relay_session = session
+        self.relay_outbound = ChaCha20Poly1305(session.keys[32:])
 
     def __call__(self, data: bytes) -> None:
         if len(data) < 2:
@@ -342,7 +344,7 @@ class ClientTarget:
             session = self.relay_session
             packet_type = _RELAY_SESSION_TYPES[data[1] % len(_RELAY_SESSION_TYPES)]
             datagram = seal_relay_packet(
-                session.outbound, packet_type, session.next_counter(), rest
+                self.relay_outbound, packet_type, session.next_counter(), rest
             )
             copy.copy(self.client).receive(datagram)
         else:
@@ -377,8 +379,8 @@ def session_state(session: Session) -> tuple:
     return (
         session.session_id,
         session.address,
-        session.window.highest,
-        session.window.seen,
+        session.highest,
+        session.seen,
         session.last_seen_ms,
         session.send_counter,
         session.path_nonce,

@@ -41,7 +41,10 @@ def serve() -> int:
     try:
         settings = load_settings()
         sink = configure_logging(
-            settings.log_level, settings.log_format, settings.fly_region, settings.log_file
+            settings.log_level,
+            settings.log_format,
+            settings.fly_region,
+            settings.log_file,
         )
     except ConfigError as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
@@ -49,9 +52,12 @@ def serve() -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         uvloop.run(RelayServer(settings, sink).run())
+    except ConfigError as exc:  # a path setting that start-up cannot use
+        print(f"yaok-relay: {exc}", file=sys.stderr)
+        return 2
     # A database file the relay cannot even open as SQLite stops start-up
-    # like a bad setting: the operator has to fix the file or DATABASE_URL.
-    except (BindError, ConfigError, StorageUnavailable, MigrationError) as exc:
+    # too: the operator has to fix the file or DATABASE_URL.
+    except (BindError, StorageUnavailable, MigrationError) as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -76,8 +76,12 @@ class Settings(BaseSettings):
     fly_region: str = Field("local", description="a region name such as ams")
 
     # --- where to listen and what to keep ---
-    relay_host: str = Field("0.0.0.0", description="an address or host name to bind UDP")
-    http_host: str = Field("0.0.0.0", description="an address or host name to bind HTTP")
+    relay_host: str = Field(
+        "0.0.0.0", description="an address or host name to bind UDP"
+    )
+    http_host: str = Field(
+        "0.0.0.0", description="an address or host name to bind HTTP"
+    )
     relay_key_path: Path | None = Field(
         None, description="a file path; default: relay_key beside the database"
     )

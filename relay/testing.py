@@ -20,6 +20,23 @@ from typing import Any
 STARTUP_TIMEOUT_S = 30.0
 
 
+def serve_once(
+    environment: dict[str, str], cwd: Path | None = None, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m relay serve` with only these variables until it exits.
+
+    For start-up failures: the relay is expected to stop by itself.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "serve"],
+        env=environment,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 class RelayProcess:
     """One `python -m relay serve` child with a database under `directory`."""
 

@@ -39,6 +39,16 @@ class RelayOverloaded(RegistrationRejected):
 class RegistrationForbidden(RegistrationRejected):
     """The relay rejected the cookie, the signature or a low-order key."""
 
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(code, text)
+        if text == "invalid signature":
+            # The signature covers the relay's public key as the client
+            # pinned it, so a wrong pinned key fails here first.
+            self.args = (
+                f"{self.args[0]}; check the pinned relay key against "
+                "relay_public_key in the relay's /version",
+            )
+
 
 class KeyConflict(RegistrationRejected):
     """The user id is bound to another Ed25519 key on this relay."""

@@ -30,7 +30,9 @@ class CookieLedger:
     def get(self, cookie: bytes) -> CookieUse | None:
         return self._uses.get(cookie)
 
-    def claim(self, cookie: bytes, signed_prefix: bytes, expires_at_ms: int) -> CookieUse | None:
+    def claim(
+        self, cookie: bytes, signed_prefix: bytes, expires_at_ms: int
+    ) -> CookieUse | None:
         """Record a cookie's first use; return None when the ledger is full."""
         if len(self._uses) >= self.max_entries:
             return None

@@ -26,7 +26,6 @@ from relay.protocol.constants import (
     AckStatus,
     PacketType,
 )
-from relay.ops.logging import LogThrottle
 from relay.protocol.packets import relay_packet_size
 from relay.storage.base import Receipt, StorageUnavailable, StoredMessage
 
@@ -34,9 +33,6 @@ if TYPE_CHECKING:
     from relay.core.relay import RelayCore
 
 log = structlog.get_logger("relay.messaging")
-# A failing disk fails every MESSAGE. The writer logs the cause, so these
-# lines only name a few of the messages answered UNAVAILABLE.
-_storage_errors = LogThrottle()
 
 _POLL_RESPONSE_FIXED_SIZE = relay_packet_size(POLL_RESPONSE_OVERHEAD)
 
@@ -50,31 +46,11 @@ def new_trace_id() -> str:
     return f"{getrandbits(64):016x}"
 
 
-def _first_seen(session: Session, message_id: str) -> bool:
-    """Tell whether the session has not sent this message id lately; remember it."""
-    key = hash(message_id)
-    recent = session.recent_messages
-    if recent is None:
-        session.recent_messages = [key]
-        return True
-    if key in recent:
-        return False
-    recent.append(key)
-    if len(recent) > RECENT_MESSAGES:
-        del recent[0]
-    return True
-
-
 def poll_budget(requested: int) -> int:
     """Return the POLL_RESPONSE datagram size a POLL's max_bytes allows."""
     if requested == 0:
         return POLL_DEFAULT_BYTES
     return max(requested, POLL_MIN_BYTES)
-
-
-# Message ids a session remembers having sent, so that a retransmission is
-# not pushed before its batch has looked it up.
-RECENT_MESSAGES = 8
 
 
 class Messaging:
@@ -84,9 +60,9 @@ class Messaging:
     before its batch commits, so that the recipient's ACK can reach the
     writer in the same batch. The writer then records the delivery and
     never writes the message. QUEUED still goes out only after the commit.
-    A message id the session sent lately waits for the writer's lookup
-    instead, so that a retransmission of a delivered message is answered
-    DELIVERED and not pushed again.
+    A message id the storage may have seen before waits for the writer's
+    lookup instead, and is pushed only if the writer stored it as new: a
+    first copy may be delivered, expired or meant for someone else.
     """
 
     def __init__(self, core: "RelayCore") -> None:
@@ -97,7 +73,9 @@ class Messaging:
 
     # --- MESSAGE ---------------------------------------------------------------
 
-    def message(self, session: Session, body: bytes, address: Address, now: int) -> None:
+    def message(
+        self, session: Session, body: bytes, address: Address, now: int
+    ) -> None:
         core = self.core
         message_id, recipient_id, ttl_s, payload = decode_message_fields(body)
         settings = core.settings
@@ -124,6 +102,8 @@ class Messaging:
             new_trace_id(),
         )
         started = time.perf_counter()
+        # Asked before the enqueue, which makes every message id seen.
+        seen_before = core.storage.maybe_seen(session.user_id, message_id)
         try:
             future = core.storage.submit_enqueue(stored)
         except StorageUnavailable as exc:
@@ -132,7 +112,7 @@ class Messaging:
             return
         # The enqueue is queued before the push goes out, so the ACK of the
         # push lands in the same batch or a later one, never an earlier one.
-        pushed = _first_seen(session, message_id) and self.push(stored, now)
+        pushed = not seen_before and self.push(stored, now)
         core.follow(future, partial(self._stored, stored, started, pushed))
 
     def _stored(
@@ -146,8 +126,9 @@ class Messaging:
         if future.cancelled():
             return
         error = future.exception()
+        admitted = False
         if error is None:
-            status = future.result()
+            status, admitted = future.result()
         elif isinstance(error, StorageUnavailable):
             self._storage_failed(error, stored.trace_id)
             status = AckStatus.UNAVAILABLE
@@ -166,12 +147,16 @@ class Messaging:
             status=status.name,
             duration_ms=round(duration_s * 1000, 3),
         )
-        if status == AckStatus.QUEUED and not pushed:
+        # A repeat is not pushed: its first copy, which wins, may name
+        # another recipient or payload.
+        if admitted and not pushed:
             self.push(stored, now)
 
     def _storage_failed(self, error: StorageUnavailable, trace_id: str) -> None:
         self.core.stats.storage_errors += 1
-        held_back = _storage_errors.allow("storage")
+        # A failing disk fails every MESSAGE. The writer logs the cause, so
+        # these lines only name a few of the messages answered UNAVAILABLE.
+        held_back = self.core.log_throttle.allow("storage")
         if held_back is None:
             return
         # A MESSAGE has a trace id; ACK and POLL failures do not.
@@ -205,7 +190,9 @@ class Messaging:
             return False
         core.send_session(recipient, PacketType.MESSAGE_DELIVER, entry)
         core.stats.pushes += 1
-        log.debug("message_pushed", trace_id=stored.trace_id, user_id=stored.recipient_id)
+        log.debug(
+            "message_pushed", trace_id=stored.trace_id, user_id=stored.recipient_id
+        )
         return True
 
     # --- ACK -----------------------------------------------------------------

@@ -83,20 +83,31 @@ class Registrar:
         return decode_register(data[HEADER_SIZE:])
 
     def _refuse(
-        self, code: ErrorCode, text: str, data: bytes, address: Address, now: int
+        self,
+        code: ErrorCode,
+        text: str,
+        data: bytes,
+        address: Address,
+        now: int,
+        counted_as: str | None = None,
     ) -> bytes:
+        """Send a plain ERROR; count it under counted_as, or else the code's name."""
         self.core.stats.failed["register"] += 1
-        self.core.stats.register_refusals[code.name.lower()] += 1
+        self.core.stats.register_refusals[counted_as or code.name.lower()] += 1
         return self.core.send_error(
             code, register_echo(data), text, address, len(data), now
         )
 
-    def _challenge(self, register: Register, data: bytes, address: Address, now: int) -> None:
+    def _challenge(
+        self, register: Register, data: bytes, address: Address, now: int
+    ) -> None:
         core = self.core
         # A full relay spares the phone a doomed handshake, unless the phone
         # replaces its own session, which is always allowed.
         if core.draining or not self._has_room(register.user_id, now):
-            self._refuse(ErrorCode.OVERLOADED, "relay full, try another", data, address, now)
+            self._refuse(
+                ErrorCode.OVERLOADED, "relay full, try another", data, address, now
+            )
             return
         if not core.replies.allow(address_key(address[0]), now):
             core.stats.dropped["reply_rate"] += 1
@@ -107,12 +118,18 @@ class Registrar:
         core.send(pack_header(PacketType.CHALLENGE, len(cookie)) + cookie, address)
         core.stats.succeeded["register"] += 1
 
-    def _signed(self, register: Register, data: bytes, address: Address, now: int) -> None:
+    def _signed(
+        self, register: Register, data: bytes, address: Address, now: int
+    ) -> None:
         core = self.core
         user_id = register.user_id.encode()
-        if not core.cookies.check(register.cookie, address, user_id, register.ce_public, now):
+        if not core.cookies.check(
+            register.cookie, address, user_id, register.ce_public, now
+        ):
             core.stats.auth_failures += 1
-            self._refuse(ErrorCode.FORBIDDEN, "invalid or expired cookie", data, address, now)
+            self._refuse(
+                ErrorCode.FORBIDDEN, "invalid or expired cookie", data, address, now
+            )
             return
         signed_prefix = data[HEADER_SIZE : HEADER_SIZE + REGISTER_SIGNED_SIZE]
         use = core.ledger.get(register.cookie)
@@ -134,12 +151,16 @@ class Registrar:
             self._refuse(ErrorCode.FORBIDDEN, refusal, data, address, now)
             return
         if not self._has_room(register.user_id, now):
-            self._refuse(ErrorCode.OVERLOADED, "relay full, try another", data, address, now)
+            self._refuse(
+                ErrorCode.OVERLOADED, "relay full, try another", data, address, now
+            )
             return
         expires_at = int.from_bytes(register.cookie[:8], "big")
         use = core.ledger.claim(register.cookie, signed_prefix, expires_at)
         if use is None:
-            self._refuse(ErrorCode.OVERLOADED, "relay busy, try another", data, address, now)
+            self._refuse(
+                ErrorCode.OVERLOADED, "relay busy, try another", data, address, now
+            )
             return
         core.spawn(self._complete(register, use, data, address))
 
@@ -217,13 +238,20 @@ class Registrar:
             # retry here is decided afresh once storage works again.
             core.ledger.release(register.cookie)
             core.stats.storage_errors += 1
-            log.warning("storage_unavailable", error=str(exc), user_id=register.user_id)
+            if (held_back := core.log_throttle.allow("storage")) is not None:
+                log.warning(
+                    "storage_unavailable",
+                    error=str(exc),
+                    user_id=register.user_id,
+                    held_back=held_back,
+                )
             self._refuse(
                 ErrorCode.OVERLOADED,
                 "relay storage unavailable, try another",
                 data,
                 address,
                 core.clock(),
+                counted_as="storage_unavailable",
             )
             return
         now = core.clock()
@@ -273,4 +301,3 @@ class Registrar:
             session_id = os.urandom(SESSION_ID_SIZE)
             if session_id not in sessions.by_id and session_id not in sessions.ended:
                 return session_id
-

@@ -148,7 +148,7 @@ class RelayCore:
         self.registrar = Registrar(self)
         self.messaging = Messaging(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._log_throttle = LogThrottle()
+        self.log_throttle = LogThrottle()
         self._session_handlers = {
             PacketType.PING: self._ping,
             PacketType.MESSAGE: self.messaging.message,
@@ -269,10 +269,10 @@ class RelayCore:
             await work
         except StorageUnavailable as exc:
             self.stats.storage_errors += 1
-            if (held_back := self._log_throttle.allow("storage")) is not None:
+            if (held_back := self.log_throttle.allow("storage")) is not None:
                 log.warning("storage_unavailable", error=str(exc), held_back=held_back)
         except Exception:
-            if (held_back := self._log_throttle.allow("request")) is not None:
+            if (held_back := self.log_throttle.allow("request")) is not None:
                 log.exception("request_failed", held_back=held_back)
 
     def drop(self, type_name: str, reason: str) -> None:
@@ -339,7 +339,12 @@ class RelayCore:
         return associated + outbound.encrypt(_NONCE.pack(counter), body, associated)
 
     def new_session(
-        self, session_id: bytes, user_id: str, address: Address, keys: tuple, now_ms: int
+        self,
+        session_id: bytes,
+        user_id: str,
+        address: Address,
+        keys: tuple,
+        now_ms: int,
     ) -> Session:
         """Create a session, replacing the user's previous one without notice."""
         previous = self.sessions.by_user.get(user_id)

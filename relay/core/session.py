@@ -52,7 +52,6 @@ class Session:
         "last_seen_ms",
         "path_budget",
         "path_nonce",
-        "recent_messages",
         "seen",
         "send_counter",
         "session_id",
@@ -81,8 +80,6 @@ class Session:
         self.path_nonce: bytes | None = None
         self.path_budget = 0
         self.closing = False
-        # Hashes of the last message ids this session sent, from its first MESSAGE.
-        self.recent_messages: list[int] | None = None
 
     @property
     def validated(self) -> bool:

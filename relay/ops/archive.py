@@ -213,9 +213,11 @@ def manifest_problem(manifest: object) -> str:
     for name in ("created_at", "relay_version", "region", "source_path"):
         if not isinstance(manifest.get(name), str):
             return f"{name} is missing or not a string"
-    return _database_problem(manifest.get("database")) or _counts_problem(
-        manifest.get("row_counts")
-    ) or _key_problem(manifest.get("relay_key", "missing"))
+    return (
+        _database_problem(manifest.get("database"))
+        or _counts_problem(manifest.get("row_counts"))
+        or _key_problem(manifest.get("relay_key", "missing"))
+    )
 
 
 def _database_problem(database: object) -> str:

@@ -220,9 +220,7 @@ class DatabaseProbe:
         return self.ok
 
 
-def _above(
-    value: float | None, degraded: float, unhealthy: float
-) -> tuple[str, float]:
+def _above(value: float | None, degraded: float, unhealthy: float) -> tuple[str, float]:
     """Return the level a figure reaches when larger is worse, and its limit."""
     if value is None:
         return HEALTHY, 0
@@ -233,9 +231,7 @@ def _above(
     return HEALTHY, 0
 
 
-def _below(
-    value: float | None, degraded: float, unhealthy: float
-) -> tuple[str, float]:
+def _below(value: float | None, degraded: float, unhealthy: float) -> tuple[str, float]:
     """Return the level a figure reaches when smaller is worse, and its limit."""
     if value is None:
         return HEALTHY, 0
@@ -246,9 +242,7 @@ def _below(
     return HEALTHY, 0
 
 
-def judge_figures(
-    figures: StorageFigures, limits: Thresholds
-) -> list[tuple[str, str]]:
+def judge_figures(figures: StorageFigures, limits: Thresholds) -> list[tuple[str, str]]:
     """Return (level, reason) for each figure past a threshold."""
     findings = []
     level, limit = _above(

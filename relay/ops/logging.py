@@ -114,7 +114,7 @@ class LogSink:
     @staticmethod
     def _open(path: Path) -> TextIO:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        return open(path, "a", encoding="utf-8", buffering=1)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Render an event and write it to stdout and the file."""

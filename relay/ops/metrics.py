@@ -146,7 +146,10 @@ class RelayCollector:
     def _requests(self) -> Iterator[Metric]:
         stats = self.core.stats
         yield _labelled_counter(
-            "relay_requests", "Datagrams received, by packet type.", "type", stats.requests
+            "relay_requests",
+            "Datagrams received, by packet type.",
+            "type",
+            stats.requests,
         )
         yield _labelled_counter(
             "relay_requests_success",
@@ -185,9 +188,13 @@ class RelayCollector:
             "Share of datagrams dropped or refused over the last minute (0 to 1).",
             self.rates.error_ratio(),
         )
-        yield _counter("relay_pushes", "Messages pushed to online recipients.", stats.pushes)
         yield _counter(
-            "relay_storage_errors", "Storage operations that failed.", stats.storage_errors
+            "relay_pushes", "Messages pushed to online recipients.", stats.pushes
+        )
+        yield _counter(
+            "relay_storage_errors",
+            "Storage operations that failed.",
+            stats.storage_errors,
         )
 
     def _security(self) -> Iterator[Metric]:
@@ -236,7 +243,8 @@ class RelayCollector:
         yield _labelled_counter(
             "relay_register_refusals",
             "REGISTERs answered with a plain ERROR, by error code "
-            "(overloaded: session limit reached or draining).",
+            "(overloaded: session limit reached or draining; "
+            "storage_unavailable: OVERLOADED because storage failed).",
             "code",
             stats.register_refusals,
         )

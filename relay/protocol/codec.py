@@ -254,7 +254,9 @@ def decode_message_ack(body: bytes) -> MessageAck:
     try:
         status = AckStatus(body[UUID_SIZE])
     except ValueError:
-        raise DecodeError(f"unknown MESSAGE_ACK status {body[UUID_SIZE]:#04x}") from None
+        raise DecodeError(
+            f"unknown MESSAGE_ACK status {body[UUID_SIZE]:#04x}"
+        ) from None
     return MessageAck(decode_uuid(body[:UUID_SIZE]), status)
 
 

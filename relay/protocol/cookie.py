@@ -36,17 +36,28 @@ class CookieJar:
         self._key = key
         self.lifetime_ms = lifetime_ms
 
-    def _mac(self, expiry: bytes, address: tuple, user_id: bytes, ce_public: bytes) -> bytes:
+    def _mac(
+        self, expiry: bytes, address: tuple, user_id: bytes, ce_public: bytes
+    ) -> bytes:
         host, port = address[0], address[1]
-        bound = b"|".join((expiry, host.encode(), str(port).encode(), user_id, ce_public))
+        bound = b"|".join(
+            (expiry, host.encode(), str(port).encode(), user_id, ce_public)
+        )
         return hmac.digest(self._key, bound, hashlib.sha256)[:_MAC_SIZE]
 
-    def mint(self, address: tuple, user_id: bytes, ce_public: bytes, now_ms: int) -> bytes:
+    def mint(
+        self, address: tuple, user_id: bytes, ce_public: bytes, now_ms: int
+    ) -> bytes:
         expiry = _EXPIRY.pack(now_ms + self.lifetime_ms)
         return expiry + self._mac(expiry, address, user_id, ce_public)
 
     def check(
-        self, cookie: bytes, address: tuple, user_id: bytes, ce_public: bytes, now_ms: int
+        self,
+        cookie: bytes,
+        address: tuple,
+        user_id: bytes,
+        ce_public: bytes,
+        now_ms: int,
     ) -> bool:
         expiry = cookie[: _EXPIRY.size]
         expires_at_ms = _EXPIRY.unpack(expiry)[0]

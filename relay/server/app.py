@@ -68,6 +68,11 @@ def check_database_path(path: Path) -> None:
             f"DATABASE_URL names the folder {path}: give a file path, "
             f"such as {path / 'yaok_relay.db'}"
         )
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(
+            f"DATABASE_URL names {path}, but {blocker} is a file, not a folder"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -121,10 +126,16 @@ class RelayServer:
         settings = self.settings
         self.started = time.monotonic()
         udp_socket = bind_socket(
-            settings.relay_host, settings.relay_port, socket.SOCK_DGRAM, "RELAY_HOST/RELAY_PORT"
+            settings.relay_host,
+            settings.relay_port,
+            socket.SOCK_DGRAM,
+            "RELAY_HOST/RELAY_PORT",
         )
         http_socket = bind_socket(
-            settings.http_host, settings.http_port, socket.SOCK_STREAM, "HTTP_HOST/HTTP_PORT"
+            settings.http_host,
+            settings.http_port,
+            socket.SOCK_STREAM,
+            "HTTP_HOST/HTTP_PORT",
         )
         check_database_path(settings.database_path)
         relay_key, key_created = load_or_create_relay_key(settings.key_path)
@@ -335,7 +346,9 @@ class RelayServer:
 
     async def _close_storage(self, until: float) -> bool:
         try:
-            await asyncio.wait_for(self.storage.close(), max(0.1, until - time.monotonic()))
+            await asyncio.wait_for(
+                self.storage.close(), max(0.1, until - time.monotonic())
+            )
         except Exception as exc:
             log.error(
                 "storage_close_failed",
@@ -348,7 +361,9 @@ class RelayServer:
     async def _stop_http(self, deadline: float) -> None:
         self.http.should_exit = True
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.http_task, max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(
+                self.http_task, max(0.1, deadline - time.monotonic())
+            )
 
     def _log_stopped(
         self,

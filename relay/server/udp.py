@@ -19,7 +19,9 @@ class BindError(Exception):
     """A listening socket could not be opened; the message is one line."""
 
 
-def bind_socket(host: str, port: int, kind: socket.SocketKind, setting: str) -> socket.socket:
+def bind_socket(
+    host: str, port: int, kind: socket.SocketKind, setting: str
+) -> socket.socket:
     """Open and bind a socket, or raise BindError naming the setting to change."""
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]

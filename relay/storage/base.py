@@ -9,13 +9,13 @@ implementation; a distributed one must give the same answers.
 Async methods may wait for a commit. `submit_enqueue` and
 `submit_acknowledge` queue the same work as `enqueue` and `acknowledge` at
 once and return its future, so that the relay can finish each MESSAGE and
-ACK in a callback instead of a task of its own. The two synchronous
+ACK in a callback instead of a task of its own. The three synchronous
 methods that read are called on the hot path and must answer from memory.
 """
 
 import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from relay.protocol.constants import AckStatus
 
@@ -45,6 +45,13 @@ class StoredMessage:
     received_at_ms: int
     expires_at_ms: int
     trace_id: str
+
+
+class Enqueued(NamedTuple):
+    """What became of one enqueued copy of a message."""
+
+    status: AckStatus
+    admitted: bool  # this copy was stored; False for a repeat or a refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +125,8 @@ class Storage(Protocol):
         a DELIVERED receipt. Pairs not in that mailbox are ignored.
         """
 
-    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[AckStatus]":
-        """Queue `enqueue` now; return the future of its status.
+    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[Enqueued]":
+        """Queue `enqueue` now; return the future of its status and admission.
 
         Raises StorageUnavailable at once when storage is closed; the future
         fails with it when the commit fails.
@@ -147,6 +154,14 @@ class Storage(Protocol):
 
     async def check(self) -> None:
         """Run a real query; raise StorageUnavailable if the database fails."""
+
+    def maybe_seen(self, sender_id: str, message_id: str) -> bool:
+        """Tell, from memory, whether this message may have been enqueued before.
+
+        False must mean certainly not, within the dedup window: the relay
+        then pushes the message before it is committed. An implementation
+        that cannot tell answers True, and every push waits for its commit.
+        """
 
     def pending_count(self, recipient_id: str, now_ms: int) -> int:
         """Count the unexpired messages waiting for recipient_id, from memory."""

@@ -159,8 +159,8 @@ class BatchTransaction:
         recipient's ACK often reaches the writer before the message's batch
         has begun.
         """
-        registrations, enqueues, acknowledgements, sweeps, erasures, probes = (
-            _by_kind(operations)
+        registrations, enqueues, acknowledgements, sweeps, erasures, probes = _by_kind(
+            operations
         )
         if registrations:
             await self._register(registrations)
@@ -251,6 +251,7 @@ class BatchTransaction:
                 op.status = AckStatus.MAILBOX_FULL
             else:
                 op.status = AckStatus.QUEUED
+                op.admitted = True
                 admitted[op.message.recipient_id, key[0], key[1]] = op.message
         for copy, first in copies:
             copy.status = first.status

@@ -52,8 +52,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 def is_corruption(exc: BaseException) -> bool:
     """Tell whether an error reports a damaged file ("malformed", "not a database")."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.Error) and code is not None and (
-        code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return (
+        isinstance(exc, sqlite3.Error)
+        and code is not None
+        and (code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB))
     )
 
 

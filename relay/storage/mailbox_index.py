@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import aiosqlite
 
-_LOAD_CHUNK_ROWS = 10_000
+LOAD_CHUNK_ROWS = 10_000
 
 
 class MessageSummary(NamedTuple):
@@ -60,7 +60,7 @@ class MailboxIndex:
             f"SELECT {SUMMARY_COLUMNS} FROM mailbox_messages"
         )
         try:
-            while rows := await cursor.fetchmany(_LOAD_CHUNK_ROWS):
+            while rows := await cursor.fetchmany(LOAD_CHUNK_ROWS):
                 for row in rows:
                     index._append(MessageSummary._make(row))
         finally:

@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from relay.protocol.constants import AckStatus
-from relay.storage.base import Receipt, Registration, StoredMessage, Sweep
+from relay.storage.base import Enqueued, Receipt, Registration, StoredMessage, Sweep
 from relay.storage.mailbox_index import MailboxIndex
 
 
@@ -33,9 +33,11 @@ class EnqueueMessage:
     future: asyncio.Future
     message: StoredMessage
     status: AckStatus | None = None
+    admitted: bool = False  # this copy is the one stored, not a repeat
 
-    def result(self, index: MailboxIndex) -> AckStatus | None:
-        return self.status
+    def result(self, index: MailboxIndex) -> Enqueued:
+        assert self.status is not None, "the batch decides every enqueue"
+        return Enqueued(self.status, self.admitted)
 
 
 @dataclass(eq=False, slots=True)

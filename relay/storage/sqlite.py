@@ -23,6 +23,7 @@ import structlog
 from relay.protocol.codec import entry_size
 from relay.protocol.constants import AckStatus
 from relay.storage.base import (
+    Enqueued,
     Fetched,
     Quotas,
     Receipt,
@@ -40,7 +41,7 @@ from relay.storage.connection import (
     is_corruption,
     prepare_file,
 )
-from relay.storage.mailbox_index import MailboxIndex
+from relay.storage.mailbox_index import LOAD_CHUNK_ROWS, MailboxIndex
 from relay.storage.operations import (
     AcknowledgeMessages,
     EnqueueMessage,
@@ -50,6 +51,7 @@ from relay.storage.operations import (
     SweepExpired,
     WriteOperation,
 )
+from relay.storage.seen import SeenFilter
 from relay.storage.writer import GroupCommitWriter
 
 log = structlog.get_logger(__name__)
@@ -131,6 +133,7 @@ class SqliteStorage:
         self._writer: GroupCommitWriter | None = None
         self._header: HeaderReader | None = None
         self._checkpointer: Checkpointer | None = None
+        self._seen: SeenFilter | None = None
         self._closed = False
         self._read_error: str | None = None
         self._read_error_at_ms: int | None = None
@@ -161,6 +164,7 @@ class SqliteStorage:
             reader = await self._connect(read_only=True)
             header = HeaderReader(self.path)
             index = await MailboxIndex.load(write_connection)
+            seen = await _load_seen(write_connection)
         except (sqlite3.Error, OSError, ValueError) as exc:
             for connection in (reader, write_connection):
                 if connection is not None:
@@ -169,6 +173,7 @@ class SqliteStorage:
                 header.close()
             raise self._open_failed(exc) from exc
         self._header = header
+        self._seen = seen
         self.open_error = None
         self._read_corruption = None
         self._reader = reader
@@ -276,14 +281,18 @@ class SqliteStorage:
         return await self._submit(operation)
 
     async def enqueue(self, message: StoredMessage) -> AckStatus:
-        return await self.submit_enqueue(message)
+        return (await self.submit_enqueue(message)).status
 
-    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[AckStatus]":
+    def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[Enqueued]":
         if not isinstance(message.payload, bytes):
             raise TypeError(
                 f"payload must be bytes, got {type(message.payload).__name__}"
             )
-        return self._submit(EnqueueMessage(self._new_future(), message))
+        future = self._submit(EnqueueMessage(self._new_future(), message))
+        # Before the commit, so that a repeat arriving meanwhile is known.
+        if self._seen is not None:
+            self._seen.add(message.sender_id, message.message_id, message.expires_at_ms)
+        return future
 
     async def acknowledge(
         self, recipient_id: str, keys: list[tuple[str, str]], now_ms: int
@@ -307,7 +316,14 @@ class SqliteStorage:
 
     async def sweep(self, now_ms: int, dedup_window_ms: int) -> Sweep:
         operation = SweepExpired(self._new_future(), now_ms, dedup_window_ms)
-        return await self._submit(operation)
+        outcome = await self._submit(operation)
+        if self._seen is not None:
+            self._seen.after_sweep(now_ms, dedup_window_ms)
+        return outcome
+
+    def maybe_seen(self, sender_id: str, message_id: str) -> bool:
+        seen = self._seen
+        return seen is None or seen.may_contain(sender_id, message_id)
 
     async def probe_write(self) -> None:
         """Commit a write that leaves no row behind, or raise StorageUnavailable.
@@ -531,3 +547,20 @@ async def _close_quietly(connection: aiosqlite.Connection) -> None:
         await connection.close()
     except (sqlite3.Error, ValueError) as exc:
         log.warning("database_close_failed", error=str(exc))
+
+
+async def _load_seen(connection: aiosqlite.Connection) -> SeenFilter:
+    """Build the filter of message ids from the mailboxes and the dedup records."""
+    seen = SeenFilter()
+    # A dedup record lasts one window past the time it was recorded, as a
+    # stored message lasts one window past its expiry, at the latest.
+    queries = (
+        "SELECT sender_id, message_id, expires_at_ms FROM mailbox_messages",
+        "SELECT sender_id, message_id, recorded_at_ms FROM dedup_records",
+    )
+    for query in queries:
+        async with connection.execute(query) as cursor:
+            while rows := await cursor.fetchmany(LOAD_CHUNK_ROWS):
+                for sender_id, message_id, expires_at_ms in rows:
+                    seen.add(sender_id, message_id, expires_at_ms)
+    return seen

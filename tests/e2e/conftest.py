@@ -10,7 +10,9 @@ def relay_factory(tmp_path):
     started: list[RelayProcess] = []
 
     def start(directory=None, **environment) -> RelayProcess:
-        process = RelayProcess(directory or tmp_path / f"relay{len(started)}", **environment)
+        process = RelayProcess(
+            directory or tmp_path / f"relay{len(started)}", **environment
+        )
         started.append(process)
         return process.start()
 

@@ -50,7 +50,10 @@ class Sender(threading.Thread):
             and len(self.sent) < self.max_messages
             and time.monotonic() < deadline
         ):
-            while len(self._outstanding) < self.window and len(self.sent) < self.max_messages:
+            while (
+                len(self._outstanding) < self.window
+                and len(self.sent) < self.max_messages
+            ):
                 self._send_one()
             self._record(self.phone.receive(0.2))
         # Collect the answers still on their way, until the socket is quiet.
@@ -64,7 +67,9 @@ class Sender(threading.Thread):
         message_id = str(uuid.uuid4())
         self.sent.append(message_id)
         self._outstanding.add(message_id)
-        self.phone.send(self.phone.message(self.recipient_id, self.payload, message_id=message_id))
+        self.phone.send(
+            self.phone.message(self.recipient_id, self.payload, message_id=message_id)
+        )
 
     def _record(self, event: object) -> None:
         if isinstance(event, MessageAckReceived):

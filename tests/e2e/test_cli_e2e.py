@@ -29,7 +29,9 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
     for name in ("alice.json", "bob.json"):
         assert client(relay, tmp_path, name, "init").returncode == 0
     card = client(relay, tmp_path, "bob.json", "whoami", "--card").stdout.strip()
-    alice_id = client(relay, tmp_path, "alice.json", "whoami", "--card").stdout.split(":")[0]
+    alice_id = client(relay, tmp_path, "alice.json", "whoami", "--card").stdout.split(
+        ":"
+    )[0]
 
     # Bob registers once, so the relay knows him, then goes offline.
     assert client(relay, tmp_path, "bob.json", "ping").returncode == 0
@@ -44,10 +46,16 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
     # Bob is online: the message is pushed and Alice hears it was delivered.
     listener = subprocess.Popen(
         [
-            sys.executable, "-m", "relay", "client",
-            "--identity", str(tmp_path / "bob.json"),
-            "--relay", f"127.0.0.1:{relay.udp_port}",
-            "--http", f"http://127.0.0.1:{relay.http_port}",
+            sys.executable,
+            "-m",
+            "relay",
+            "client",
+            "--identity",
+            str(tmp_path / "bob.json"),
+            "--relay",
+            f"127.0.0.1:{relay.udp_port}",
+            "--http",
+            f"http://127.0.0.1:{relay.http_port}",
             "listen",
         ],
         stdout=subprocess.PIPE,
@@ -56,7 +64,9 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
     )
     try:
         assert relay.wait_for(lambda: relay_sessions(relay) >= 1, 15)
-        sent = client(relay, tmp_path, "alice.json", "send", "--wait", "5", card, "live")
+        sent = client(
+            relay, tmp_path, "alice.json", "send", "--wait", "5", card, "live"
+        )
         assert sent.returncode == 0, sent.stderr
         assert "DELIVERED" in sent.stdout
     finally:
@@ -69,3 +79,17 @@ def relay_sessions(relay) -> int:
     _, health = relay.health()
     return health["active_connections"]
 
+
+def test_wrong_relay_key_hint(relay, tmp_path):
+    assert client(relay, tmp_path, "alice.json", "init").returncode == 0
+    command = [
+        sys.executable, "-m", "relay", "client",
+        "--identity", str(tmp_path / "alice.json"),
+        "--relay", f"127.0.0.1:{relay.udp_port}",
+        "--relay-key", bytes(range(1, 33)).hex(),
+        "ping",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "invalid signature" in result.stderr
+    assert "check the pinned relay key" in result.stderr

@@ -1,33 +1,17 @@
 """Crash durability, the session limit and start-up errors, against the real process."""
 
-import subprocess
-import sys
 import uuid
 
 import pytest
 
-from relay.client.events import MessageAckReceived, PollResponseReceived
+from relay.client.events import MessageAckReceived
 from relay.protocol.codec import decode_error
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode
+from relay.testing import serve_once
 from tests.e2e.phone import UdpPhone
+from tests.e2e.traffic import drain_mailbox
 
 pytestmark = pytest.mark.e2e
-
-
-def drain_mailbox(phone: UdpPhone) -> set[str]:
-    """Poll and acknowledge until the mailbox is empty; return the message ids."""
-    seen: set[str] = set()
-    while True:
-        phone.send(phone.session.poll(60_000))
-        response = phone.receive()
-        assert isinstance(response, PollResponseReceived), response
-        entries = response.response.entries
-        if not entries:
-            return seen
-        seen.update(entry.message_id for entry in entries)
-        for start in range(0, len(entries), 15):
-            chunk = entries[start : start + 15]
-            phone.send(phone.session.ack([(e.sender_id, e.message_id) for e in chunk]))
 
 
 def test_queued_messages_survive_sigkill(relay_factory, tmp_path):
@@ -83,8 +67,14 @@ def test_session_limit_overloaded_and_health_503(relay_factory):
 def test_health_and_version_when_idle(relay):
     status, health = relay.health()
     assert status == 200
-    for field in ("status", "version", "uptime_seconds", "active_connections",
-                  "database_ok", "queue_size"):
+    for field in (
+        "status",
+        "version",
+        "uptime_seconds",
+        "active_connections",
+        "database_ok",
+        "queue_size",
+    ):
         assert field in health
     assert health["database_ok"] is True
     status, body, _ = relay.http_get("/version")
@@ -94,17 +84,14 @@ def test_health_and_version_when_idle(relay):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MAX_CONNECTIONS", "lots"), ("DATABASE_URL", "mysql://x"), ("RUST_LOG", "chatty")],
+    [
+        ("MAX_CONNECTIONS", "lots"),
+        ("DATABASE_URL", "mysql://x"),
+        ("RUST_LOG", "chatty"),
+    ],
 )
 def test_bad_configuration_one_clear_line(tmp_path, name, value):
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve"],
-        env={"PATH": "/usr/bin:/bin", name: value},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_once({"PATH": "/usr/bin:/bin", name: value}, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -112,23 +99,22 @@ def test_bad_configuration_one_clear_line(tmp_path, name, value):
     assert "Traceback" not in result.stderr
 
 
-def test_port_in_use_one_clear_line(relay, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve"],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "DATABASE_URL": f"sqlite://{tmp_path / 'other.db'}",
-            "RELAY_HOST": "127.0.0.1",
-            "RELAY_PORT": str(relay.udp_port),
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_PORT": "0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("DATABASE_URL", "is a file, not a folder"), ("PID_FILE", "cannot write it")],
+)
+def test_path_under_a_file_one_clear_line(tmp_path, name, expected):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder\n")
+    env = {"PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "HTTP_PORT": "0"}
+    env["DATABASE_URL"] = f"sqlite://{tmp_path / 'relay.db'}"
+    if name == "DATABASE_URL":
+        env[name] = f"sqlite://{blocker / 'data' / 'relay.db'}"
+    else:
+        env[name] = str(blocker / "relay.pid")
+    result = serve_once(env)
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "RELAY_PORT" in lines[0]
-    assert "in use" in lines[0]
+    assert name in lines[0]
+    assert expected in lines[0]

@@ -74,7 +74,9 @@ def test_logrotate_loses_no_line(relay_factory, tmp_path):
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
-        assert relay.wait_for(lambda n=rotation: len(relay.events("log_file_reopened")) == n)
+        assert relay.wait_for(
+            lambda n=rotation: len(relay.events("log_file_reopened")) == n
+        )
     rotated_inode = (log_dir / "relay.log.1").stat().st_ino
     wait_for_queued(senders, total_queued(senders) + 150)
     for sender in senders:
@@ -86,7 +88,9 @@ def test_logrotate_loses_no_line(relay_factory, tmp_path):
         phone.close()
 
     oldest_first = [log_dir / "relay.log.2.gz", log_dir / "relay.log.1", log_file]
-    assert sorted(p.name for p in log_dir.iterdir()) == sorted(p.name for p in oldest_first)
+    assert sorted(p.name for p in log_dir.iterdir()) == sorted(
+        p.name for p in oldest_first
+    )
     file_lines = [line for path in oldest_first for line in read_lines(path)]
     stdout_lines = [line for line in relay.raw_lines if line]
     # Every line the relay wrote is in exactly one file, whole and in order.

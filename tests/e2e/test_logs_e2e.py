@@ -17,16 +17,24 @@ from relay.client.events import (
 )
 from relay.protocol.codec import decode_error
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode
+from relay.testing import serve_once
 from tests.e2e.log_format import line_problems
 from tests.e2e.phone import UdpPhone
 
 pytestmark = pytest.mark.e2e
 
-MESSAGE_EVENTS = ("message_stored", "message_pushed", "message_polled", "message_delivered")
+MESSAGE_EVENTS = (
+    "message_stored",
+    "message_pushed",
+    "message_polled",
+    "message_delivered",
+)
 
 
 def trace_of(relay, event_name: str, user_id: str) -> list[str]:
-    return [e["trace_id"] for e in relay.events(event_name) if e.get("user_id") == user_id]
+    return [
+        e["trace_id"] for e in relay.events(event_name) if e.get("user_id") == user_id
+    ]
 
 
 def offline_exchange(relay) -> tuple[UdpPhone, UdpPhone, str]:
@@ -88,7 +96,12 @@ def test_every_line_parses_for_promtail(relay_factory, tmp_path):
         assert line_problems(line, "ams") == [], line
     assert file_lines == stdout_lines
     names = {json.loads(line)["message"] for line in stdout_lines}
-    for expected in ("relay_started", "relay_draining", "relay_stopped", *MESSAGE_EVENTS):
+    for expected in (
+        "relay_started",
+        "relay_draining",
+        "relay_stopped",
+        *MESSAGE_EVENTS,
+    ):
         assert expected in names
     levels = {json.loads(line)["level"] for line in stdout_lines}
     assert {"INFO", "DEBUG"} <= levels
@@ -121,7 +134,9 @@ def test_message_trace_id_is_stored_with_message(relay_factory):
     bob.register()
     bob.send(bob.session.unregister())
     bob.receive()
-    alice.send(alice.message(bob, b"kept", message_id="6f1d7a4e-0000-4000-8000-000000000001"))
+    alice.send(
+        alice.message(bob, b"kept", message_id="6f1d7a4e-0000-4000-8000-000000000001")
+    )
     assert alice.receive().status == AckStatus.QUEUED
     assert relay.wait_for(lambda: trace_of(relay, "message_stored", alice.user_id))
     (logged,) = trace_of(relay, "message_stored", alice.user_id)
@@ -218,13 +233,8 @@ def test_console_format_on_stdout_json_in_file(tmp_path):
 def test_unwritable_log_file_one_clear_line(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve"],
-        env={"PATH": "/usr/bin:/bin", "LOG_FILE": str(blocker / "relay.log")},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = serve_once(
+        {"PATH": "/usr/bin:/bin", "LOG_FILE": str(blocker / "relay.log")}, cwd=tmp_path
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -233,22 +243,22 @@ def test_unwritable_log_file_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_port_in_use_logged_as_error(relay, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve"],
-        env={
+def test_port_in_use_one_line_and_logged(relay, tmp_path):
+    result = serve_once(
+        {
             "PATH": "/usr/bin:/bin",
             "DATABASE_URL": f"sqlite://{tmp_path / 'other.db'}",
             "RELAY_HOST": "127.0.0.1",
             "RELAY_PORT": str(relay.udp_port),
             "HTTP_HOST": "127.0.0.1",
             "HTTP_PORT": "0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+        }
     )
     assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "RELAY_PORT" in lines[0]
+    assert "in use" in lines[0]
     events = [json.loads(line) for line in result.stdout.splitlines() if line]
     failed = [e for e in events if e["message"] == "relay_start_failed"]
     assert len(failed) == 1

@@ -104,7 +104,12 @@ def test_promtool_rule_unit_tests_pass():
     result = promtool("test", "rules", "tests/relay-rules.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = {r["alert"] for r in recording_rules() if "alert" in r}
-    tested = set(re.findall(r"alertname: (\w+)", (PROMETHEUS_DIR / "tests" / "relay-rules.test.yml").read_text()))
+    tested = set(
+        re.findall(
+            r"alertname: (\w+)",
+            (PROMETHEUS_DIR / "tests" / "relay-rules.test.yml").read_text(),
+        )
+    )
     assert alerts == tested
 
 
@@ -131,12 +136,22 @@ def test_rules_and_dashboard_use_real_names(busy_relay):
     used = set().union(*(metric_names_in(text) for text in texts))
     assert used - known == set()
     plan = {
-        "relay_requests_total", "relay_requests_success_total", "relay_requests_failed_total",
-        "relay_request_duration_seconds_bucket", "relay_active_connections",
-        "relay_message_queue_size", "relay_message_ttl_violations_total",
-        "relay_cpu_usage_percent", "relay_memory_usage_bytes", "relay_uptime_seconds",
-        "relay_registration_rate", "relay_heartbeat_failures_total", "relay_error_rate",
-        "auth_failures_total", "invalid_signatures_total", "rate_limit_exceeded_total",
+        "relay_requests_total",
+        "relay_requests_success_total",
+        "relay_requests_failed_total",
+        "relay_request_duration_seconds_bucket",
+        "relay_active_connections",
+        "relay_message_queue_size",
+        "relay_message_ttl_violations_total",
+        "relay_cpu_usage_percent",
+        "relay_memory_usage_bytes",
+        "relay_uptime_seconds",
+        "relay_registration_rate",
+        "relay_heartbeat_failures_total",
+        "relay_error_rate",
+        "auth_failures_total",
+        "invalid_signatures_total",
+        "rate_limit_exceeded_total",
         "relay_ddos_attempts_total",
     }
     assert plan - exposed == set()
@@ -217,12 +232,16 @@ class Prometheus:
 
 
 def test_prometheus_scrapes_both_jobs(busy_relay, tmp_path):
-    prometheus = Prometheus(tmp_path / "prometheus", prometheus_config(busy_relay.http_port))
+    prometheus = Prometheus(
+        tmp_path / "prometheus", prometheus_config(busy_relay.http_port)
+    )
     try:
         requests = prometheus.wait_for('relay_requests_total{job="yaok-relay"}')
         assert {r["metric"]["type"] for r in requests} >= {"register", "message"}
         assert all(r["metric"]["region"] == "test" for r in requests)
-        (database_ok,) = prometheus.wait_for('health_database_ok{job="yaok-relay-health"}')
+        (database_ok,) = prometheus.wait_for(
+            'health_database_ok{job="yaok-relay-health"}'
+        )
         assert database_ok["value"][1] == "1"
         health_series = prometheus.query('{job="yaok-relay-health"}')
         names = {s["metric"]["__name__"] for s in health_series}

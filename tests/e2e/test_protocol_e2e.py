@@ -75,7 +75,8 @@ def test_duplicate_sent_three_times_stored_once(relay, phone_factory):
         alice.send(alice.message(bob, b"once", message_id=message_id))
         assert acks([alice.receive()]) == [AckStatus.QUEUED]
     count = stored_rows(
-        relay, f"SELECT count(*) FROM mailbox_messages WHERE message_id = '{message_id}'"
+        relay,
+        f"SELECT count(*) FROM mailbox_messages WHERE message_id = '{message_id}'",
     )
     assert count == 1
 
@@ -108,7 +109,9 @@ def test_key_conflict(phone_factory):
     owner = phone_factory()
     owner.register()
     stranger = Identity.generate()
-    impostor = phone_factory(Identity(owner.user_id, stranger.signing_key, stranger.x25519_key))
+    impostor = phone_factory(
+        Identity(owner.user_id, stranger.signing_key, stranger.x25519_key)
+    )
     impostor.send(impostor.session.start_register())
     challenge = impostor.receive()
     impostor.send(challenge.register)
@@ -190,7 +193,8 @@ def test_other_users_ack_deletes_nothing(relay, phone_factory):
     mallory.send(mallory.session.ack([(alice.user_id, message_id)]))
     assert alice.receive(0.5) is None  # no DELIVERED receipt
     count = stored_rows(
-        relay, f"SELECT count(*) FROM mailbox_messages WHERE message_id = '{message_id}'"
+        relay,
+        f"SELECT count(*) FROM mailbox_messages WHERE message_id = '{message_id}'",
     )
     assert count == 1
 

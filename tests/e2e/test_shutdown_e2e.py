@@ -7,32 +7,16 @@ import time
 
 import pytest
 
-from relay.client.events import DrainingReceived, PollResponseReceived
+from relay.client.events import DrainingReceived
 from relay.protocol.constants import AckStatus
-from tests.e2e.load import Sender, total_queued, wait_for_queued
+from tests.e2e.load import Sender, wait_for_queued
 from tests.e2e.phone import UdpPhone
+from tests.e2e.traffic import drain_mailbox
 
 pytestmark = pytest.mark.e2e
 
 SHUTDOWN_TIMEOUT_S = 5
 SENDERS = 4
-
-
-def drain_mailbox(phone: UdpPhone) -> set[str]:
-    """Poll and acknowledge until the mailbox is empty; return the message ids."""
-    seen: set[str] = set()
-    for _ in range(10_000):
-        phone.send(phone.session.poll(60_000))
-        response = phone.receive()
-        assert isinstance(response, PollResponseReceived), response
-        entries = response.response.entries
-        if not entries:
-            return seen
-        seen.update(entry.message_id for entry in entries)
-        for start in range(0, len(entries), 15):
-            chunk = entries[start : start + 15]
-            phone.send(phone.session.ack([(e.sender_id, e.message_id) for e in chunk]))
-    raise AssertionError("mailbox did not empty")
 
 
 def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
@@ -50,7 +34,9 @@ def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
         recipient.receive()
     idle = UdpPhone(relay.udp_address, relay.relay_public_key)
     idle.register()
-    phones = [UdpPhone(relay.udp_address, relay.relay_public_key) for _ in range(SENDERS)]
+    phones = [
+        UdpPhone(relay.udp_address, relay.relay_public_key) for _ in range(SENDERS)
+    ]
     for phone in phones:
         phone.register()
     senders = [

@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 
 import pytest
 
-from relay.client.events import ErrorReceived, MessageAckReceived
+from relay.client.events import MessageAckReceived
 from relay.protocol.codec import decode_error
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode
 from relay.testing import RelayProcess
@@ -161,8 +160,15 @@ class NamespacedRelay(RelayProcess):
     def command(self) -> list[str]:
         mount = f'mount -t tmpfs -o size={self.size},mode=0700 tmpfs "$0" && exec "$@"'
         return [
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", mount, str(self.directory), *super().command(),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            mount,
+            str(self.directory),
+            *super().command(),
         ]
 
     def in_namespace(self, *command: str) -> subprocess.CompletedProcess:

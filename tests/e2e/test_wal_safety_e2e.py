@@ -69,7 +69,9 @@ def test_health_checks_keep_sqlite_locks(relay, phones):
 
 def test_second_relay_on_same_database_waits(relay, relay_factory, phones):
     """Two relays on one file would keep two mailbox indexes; the second waits."""
-    second = relay_factory(relay.directory, RELAY_KEY_PATH=str(relay.directory / "relay_key"))
+    second = relay_factory(
+        relay.directory, RELAY_KEY_PATH=str(relay.directory / "relay_key")
+    )
     status, health = second.health()
     assert status == 503
     assert health["database_ok"] is False

@@ -84,7 +84,9 @@ class Phone:
         await self.relay.settle()
         return self.events()
 
-    def message(self, recipient: "Phone | str", payload: bytes = b"hi", **fields) -> bytes:
+    def message(
+        self, recipient: "Phone | str", payload: bytes = b"hi", **fields
+    ) -> bytes:
         recipient_id = recipient if isinstance(recipient, str) else recipient.user_id
         message_id = fields.pop("message_id", str(uuid.uuid4()))
         ttl_s = fields.pop("ttl_s", 0)
@@ -100,7 +102,9 @@ class Relay:
         self.network = Network()
         self.storage = open_storage(settings)
         self.key = X25519PrivateKey.generate()
-        self.core = RelayCore(settings, self.storage, self.key, self.network, self.clock)
+        self.core = RelayCore(
+            settings, self.storage, self.key, self.network, self.clock
+        )
         self._next_port = 40000
 
     async def open(self) -> "Relay":

@@ -160,7 +160,7 @@ def test_unsafe_member_name_is_invalid(tmp_path):
         info = tarfile.TarInfo("../escape")
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(ArchiveInvalid, match="unexpected member '../escape'"):
+    with pytest.raises(ArchiveInvalid, match=r"unexpected member '\.\./escape'"):
         verify(hostile, tmp_path)
     assert not (tmp_path / "escape").exists()
 

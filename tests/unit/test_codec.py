@@ -107,7 +107,9 @@ def test_message_shorter_than_fixed_fields():
 
 def test_message_ack_round_trip():
     body = codec.encode_message_ack(USER, AckStatus.MAILBOX_FULL)
-    assert codec.decode_message_ack(body) == codec.MessageAck(USER, AckStatus.MAILBOX_FULL)
+    assert codec.decode_message_ack(body) == codec.MessageAck(
+        USER, AckStatus.MAILBOX_FULL
+    )
 
 
 def test_message_ack_unknown_status():
@@ -221,7 +223,9 @@ def test_session_error_text_capped_at_64_bytes():
 
 
 def test_error_datagram_round_trip():
-    datagram = codec.encode_error_datagram(0x0401, bytes(range(24)), "register again", 500)
+    datagram = codec.encode_error_datagram(
+        0x0401, bytes(range(24)), "register again", 500
+    )
     version, packet_type, flags, length = codec.unpack_header(datagram)
     assert (version, packet_type, flags) == (1, 0xFF, 0)
     assert length == len(datagram) - 8

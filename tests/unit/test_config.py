@@ -1,11 +1,9 @@
 """Settings from the environment and their one-line errors."""
 
-import subprocess
-import sys
-
 import pytest
 
 from relay.config import ConfigError, load_settings, parse_rust_log
+from relay.testing import serve_once
 
 
 @pytest.fixture(autouse=True)
@@ -75,14 +73,7 @@ def test_rust_log_without_level_for_relay_rejected():
 
 def test_serve_with_bad_value_prints_one_line(tmp_path):
     environment = {"RELAY_PORT": "not-a-port", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "relay", "serve"],
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_once(environment, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -91,7 +82,9 @@ def test_serve_with_bad_value_prints_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name", ["RELAY_KEY_PATH", "LOG_FILE", "PID_FILE", "BACKUP_DIR"])
+@pytest.mark.parametrize(
+    "name", ["RELAY_KEY_PATH", "LOG_FILE", "PID_FILE", "BACKUP_DIR"]
+)
 def test_empty_path_setting_means_unset(monkeypatch, name):
     monkeypatch.setenv(name, "")
     assert getattr(load_settings(), name.lower()) is None

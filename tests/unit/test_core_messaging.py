@@ -82,7 +82,9 @@ async def test_duplicate_stored_once(relay):
     await bob.exchange(bob.session.unregister())
     message_id = str(uuid.uuid4())
     for _ in range(3):
-        events = await alice.exchange(alice.message(bob, b"once", message_id=message_id))
+        events = await alice.exchange(
+            alice.message(bob, b"once", message_id=message_id)
+        )
         assert statuses(events) == [AckStatus.QUEUED]
     await bob.register()
     (response,) = await bob.exchange(bob.session.poll())
@@ -93,7 +95,7 @@ async def test_duplicate_after_delivery_answered_delivered(relay):
     alice, bob = await registered(relay, 2)
     message_id = str(uuid.uuid4())
     await alice.exchange(alice.message(bob, message_id=message_id))
-    (push,) = bob.events()
+    (_push,) = bob.events()
     await bob.exchange(bob.session.ack([(alice.user_id, message_id)]))
     alice.events()
     events = await alice.exchange(alice.message(bob, message_id=message_id))
@@ -192,7 +194,7 @@ async def test_ack_before_commit_never_stores(relay):
     alice, bob = await registered(relay, 2)
     message_id = str(uuid.uuid4())
     alice.send(alice.message(bob, message_id=message_id))
-    (push,) = bob.events()
+    (_push,) = bob.events()
     bob.send(bob.session.ack([(alice.user_id, message_id)]))
     await relay.settle()
     assert statuses(alice.events()) == [AckStatus.QUEUED, AckStatus.DELIVERED]
@@ -202,14 +204,74 @@ async def test_ack_before_commit_never_stores(relay):
     assert bob.events() == []
 
 
-async def test_repeated_message_waits_for_lookup(relay):
+async def test_repeat_waits_and_not_pushed(relay):
     alice, bob = await registered(relay, 2)
     message_id = str(uuid.uuid4())
     await alice.exchange(alice.message(bob, message_id=message_id))
-    (push,) = bob.events()
+    (_push,) = bob.events()
     alice.send(alice.message(bob, message_id=message_id))
     assert bob.events() == []  # not pushed before the writer looked it up
     await relay.settle()
     assert statuses(alice.events()) == [AckStatus.QUEUED]
-    (again,) = bob.events()  # still waiting, so pushed once more after commit
-    assert again.entry.message_id == message_id
+    assert bob.events() == []  # the first copy was pushed; POLL has it
+    (response,) = await bob.exchange(bob.session.poll())
+    assert [e.message_id for e in response.response.entries] == [message_id]
+
+
+async def test_repeat_to_other_recipient_not_delivered(relay):
+    alice, bob, carol = await registered(relay, 3)
+    await bob.exchange(bob.session.unregister())
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, b"first", message_id=message_id))
+    events = await alice.exchange(
+        alice.message(carol, b"second", message_id=message_id)
+    )
+    assert statuses(events) == [AckStatus.QUEUED]
+    assert carol.events() == []
+    (response,) = await carol.exchange(carol.session.poll())
+    assert response.response.entries == []
+
+
+async def test_delivered_repeat_new_session_not_pushed(relay):
+    alice, bob = await registered(relay, 2)
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id))
+    (push,) = bob.events()
+    await bob.exchange(bob.session.ack([(alice.user_id, push.entry.message_id)]))
+    assert statuses(alice.events()) == [AckStatus.DELIVERED]
+    await alice.register()  # a new session remembers no message ids
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.DELIVERED]
+    assert bob.events() == []
+
+
+async def test_delivered_repeat_after_restart_not_pushed(make_relay):
+    first = await make_relay()
+    alice, bob = await registered(first, 2)
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id))
+    await bob.exchange(bob.session.ack([(alice.user_id, message_id)]))
+    await first.close()
+    second = await make_relay()
+    alice = second.phone(identity=alice.identity)
+    bob = second.phone(identity=bob.identity)
+    await alice.register()
+    await bob.register()
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.DELIVERED]
+    assert bob.events() == []
+
+
+async def test_expired_repeat_not_pushed(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    message_id = str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=message_id, ttl_s=60))
+    relay.clock.advance(61)
+    sweep = await relay.storage.sweep(relay.clock(), 86_400_000)
+    assert sweep.expired_messages == 1
+    await alice.register()  # a new session remembers no message ids
+    await bob.register()
+    events = await alice.exchange(alice.message(bob, message_id=message_id))
+    assert statuses(events) == [AckStatus.EXPIRED]
+    assert bob.events() == []

@@ -243,7 +243,9 @@ async def test_no_reply_larger_than_random_datagram(relay):
 
 
 async def test_unauthenticated_flood_limited_per_address(make_relay):
-    relay = await make_relay(rate_unauthenticated_per_ip=10, replies_per_address_per_s=1000)
+    relay = await make_relay(
+        rate_unauthenticated_per_ip=10, replies_per_address_per_s=1000
+    )
     phone = relay.phone()
     for _ in range(50):
         phone.send(pack_header(PacketType.PING, 40) + os.urandom(40))
@@ -277,9 +279,7 @@ def _session(user_id: str, port: int) -> Session:
 
 def test_cipher_cache_keeps_only_newest_sessions():
     cache = CipherCache(max_sessions=2)
-    sessions = [
-        _session(f"user-{i}", i) for i in range(3)
-    ]
+    sessions = [_session(f"user-{i}", i) for i in range(3)]
     for session in sessions:
         cache.build(session)
     assert sessions[0].ciphers is None

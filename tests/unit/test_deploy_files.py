@@ -244,11 +244,16 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_migrations_and_command(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(n.split("/")[-1] for n in names if fnmatch(n, "relay/migrations/*.sql"))
+    shipped = sorted(
+        n.split("/")[-1] for n in names if fnmatch(n, "relay/migrations/*.sql")
+    )
     assert shipped == sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
     assert shipped
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
-    assert "yaok-relay = relay.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "yaok-relay = relay.cli:main"
+        in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
     assert not [n for n in names if n.startswith("tests/")]
 
 

@@ -20,7 +20,9 @@ def section(title: str) -> str:
 
 
 def test_configuration_lists_every_setting():
-    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", section("Configuration"), re.M))
+    documented = set(
+        re.findall(r"^\| `([A-Z0-9_]+)` \|", section("Configuration"), re.M)
+    )
     assert documented == {name.upper() for name in Settings.model_fields}
 
 

@@ -75,3 +75,22 @@ async def test_rates_measure_last_minute(make_relay):
     rates.sample()
     assert rates.cpu_percent() == 0.0
     assert rates.registrations_per_second() == 0.0
+
+
+async def test_storage_failure_is_not_an_overload_episode(make_relay):
+    relay = await make_relay(max_connections=10)
+    watch = OverloadWatch(relay.core, quiet_period_s=30, clock=Clock())
+    await relay.storage.close()  # every write now fails at once
+    phone = relay.phone()
+    phone.send(phone.session.start_register())
+    (challenge,) = phone.events()
+    phone.send(challenge.register)
+    await relay.settle()
+    (reply,) = phone.inbox()
+    error = decode_error(reply[HEADER_SIZE:])
+    assert error.code == ErrorCode.OVERLOADED
+    assert error.text == "relay storage unavailable, try another"
+    watch.check()
+    assert not watch.in_episode
+    assert relay.core.stats.register_refusals["storage_unavailable"] == 1
+    assert relay.core.stats.register_refusals["overloaded"] == 0

@@ -618,7 +618,7 @@ async def test_ack_in_same_batch_skips_insert(storage, alice, bob):
     changes = storage.writer.connection.total_changes
     status = storage.submit_enqueue(sent)
     receipts = storage.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 1)
-    assert await status is AckStatus.QUEUED
+    assert (await status).status is AckStatus.QUEUED
     (receipt,) = await receipts
     assert storage.commit_count == commits + 1
     # One row changed, the dedup record: the message was never inserted.
@@ -644,17 +644,19 @@ async def test_ack_from_other_user_in_same_batch_leaves_message(storage, alice, 
     sent = message(alice, bob)
     status = storage.submit_enqueue(sent)
     receipts = storage.submit_acknowledge(alice, [(alice, sent.message_id)], NOW + 1)
-    assert await status is AckStatus.QUEUED
+    assert (await status).status is AckStatus.QUEUED
     assert await receipts == []
     assert count_rows(storage.path, "mailbox_messages") == 1
     assert storage.pending_count(bob, NOW + 1) == 1
 
 
-async def test_ack_of_expired_message_in_same_batch_gives_no_receipt(storage, alice, bob):
+async def test_ack_of_expired_message_in_same_batch_gives_no_receipt(
+    storage, alice, bob
+):
     sent = message(alice, bob, expires_at_ms=NOW + 10)
     status = storage.submit_enqueue(sent)
     receipts = storage.submit_acknowledge(bob, [(alice, sent.message_id)], NOW + 10)
-    assert await status is AckStatus.QUEUED
+    assert (await status).status is AckStatus.QUEUED
     assert await receipts == []
     assert await storage.enqueue(sent) is AckStatus.EXPIRED
     assert count_rows(storage.path, "mailbox_messages") == 0
