@@ -353,8 +353,8 @@ async def _ping_once(client: RelayClient) -> None:
         f"messages waiting: {pong.pending}"
     )
     if elapsed_ms > PING_RETRY_AFTER_MS:
-        # The time includes retries: a PING over the relay's per-user rate
-        # (RATE_PING_PER_USER, 6 a minute by default) gets no answer.
+        # The time includes retries: the relay drops a PING over its per-user rate
+        # (RATE_PING_PER_USER, 6 a minute by default) without a reply.
         print("(the first PING got no answer, so this time includes retries)")
 
 

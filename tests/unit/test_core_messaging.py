@@ -239,7 +239,7 @@ async def test_delivered_repeat_new_session_not_pushed(relay):
     (push,) = bob.events()
     await bob.exchange(bob.session.ack([(alice.user_id, push.entry.message_id)]))
     assert statuses(alice.events()) == [AckStatus.DELIVERED]
-    await alice.register()  # a new session remembers no message ids
+    await alice.register()  # a new session, as after a reconnect
     events = await alice.exchange(alice.message(bob, message_id=message_id))
     assert statuses(events) == [AckStatus.DELIVERED]
     assert bob.events() == []
@@ -270,7 +270,7 @@ async def test_expired_repeat_not_pushed(relay):
     relay.clock.advance(61)
     sweep = await relay.storage.sweep(relay.clock(), 86_400_000)
     assert sweep.expired_messages == 1
-    await alice.register()  # a new session remembers no message ids
+    await alice.register()  # a new session, as after a reconnect
     await bob.register()
     events = await alice.exchange(alice.message(bob, message_id=message_id))
     assert statuses(events) == [AckStatus.EXPIRED]

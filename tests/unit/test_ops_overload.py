@@ -77,7 +77,7 @@ async def test_rates_measure_last_minute(make_relay):
     assert rates.registrations_per_second() == 0.0
 
 
-async def test_storage_failure_is_not_an_overload_episode(make_relay):
+async def test_storage_failure_not_overload(make_relay):
     relay = await make_relay(max_connections=10)
     watch = OverloadWatch(relay.core, quiet_period_s=30, clock=Clock())
     await relay.storage.close()  # every write now fails at once
