@@ -184,7 +184,7 @@ def write_archive(
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _sync_folder(final.parent)
+    sync_path(final.parent)
 
 
 def _pack(
@@ -210,8 +210,9 @@ def _pack(
             )
 
 
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
+def sync_path(path: Path) -> None:
+    """Flush a file, or a folder's list of entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.ops.archive import VerifiedArchive, verify_archive
-from relay.ops.backup import TEMPORARY_PREFIX, file_sha256
+from relay.ops.backup import TEMPORARY_PREFIX, file_sha256, sync_path
 from relay.storage.lock import DatabaseInUse, DatabaseLock, hold_path
 
 
@@ -109,14 +109,14 @@ def _move_aside(database: Path, folder: Path) -> None:
 def _place(source: Path, target: Path) -> None:
     """Sync source, give it mode 0600 and link it to target, which must not exist."""
     source.chmod(0o600)
-    _sync_file(source)
+    sync_path(source)
     try:
         os.link(source, target)
     except FileExistsError:
         raise RestoreRefused(
             f"{target} appeared during the restore; nothing replaced"
         ) from None
-    _sync_folder(target.parent)
+    sync_path(target.parent)
 
 
 def _restore_key(verified: VerifiedArchive, key_path: Path) -> str:
@@ -142,21 +142,5 @@ def _restore_key(verified: VerifiedArchive, key_path: Path) -> str:
         file.write(verified.relay_key.read_bytes())
         file.flush()
         os.fsync(file.fileno())
-    _sync_folder(key_path.parent)
+    sync_path(key_path.parent)
     return f"relay key restored to {key_path}"
-
-
-def _sync_file(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
