@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     scale = (
         "quick" if args.command == "quick" or getattr(args, "quick", False) else "full"
     )
-    out = args.out or DEFAULT_RESULTS / time.strftime("%Y%m%d-%H%M%S")
+    # Absolute, because the relays run with their own folders as working
+    # directories and would resolve a relative database path again.
+    out = (args.out or DEFAULT_RESULTS / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     context = Context(
         out, options, show_progress=not args.no_progress, profile=args.profile
@@ -213,4 +215,13 @@ async def _run_one(
     if document is not None:
         lost = report.lost_messages([document])
         print(f"{label}: done{'' if not lost else f', {lost} QUEUED messages lost'}")
+        unknown = report.unknown_recipients([document])
+        if unknown:
+            # Every recipient is registered first, so the run measured a
+            # relay that does not have the scenario's users.
+            print(
+                f"{label}: {unknown} messages answered UNKNOWN_RECIPIENT",
+                file=sys.stderr,
+            )
+            summary["failures"].append(label)
     return document

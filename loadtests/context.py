@@ -175,6 +175,13 @@ class Context:
         return path
 
 
+def show_elapsed(bar: tqdm, began: float) -> None:
+    """Set a bar counting seconds to the time since began, within its total."""
+    elapsed = round(time.perf_counter() - began, 1)
+    bar.n = elapsed if bar.total is None else min(bar.total, elapsed)
+    bar.refresh()
+
+
 def make_identities(count: int) -> list[Identity]:
     return [Identity.generate() for _ in range(count)]
 

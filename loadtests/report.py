@@ -235,6 +235,15 @@ def lost_messages(runs: list[dict]) -> int:
     return total
 
 
+def unknown_recipients(runs: list[dict]) -> int:
+    """Count the messages answered UNKNOWN_RECIPIENT in these runs' ledgers."""
+    return sum(
+        value.get("statuses", {}).get("UNKNOWN_RECIPIENT", 0)
+        for run in runs
+        for value in _ledgers(run)
+    )
+
+
 def _ledgers(document: dict):
     for key, value in document.items():
         if key == "ledger" and isinstance(value, dict):

@@ -41,7 +41,9 @@ class RelayProcess:
     """One `python -m relay serve` child with a database under `directory`."""
 
     def __init__(self, directory: Path, **environment: str | int) -> None:
-        self.directory = Path(directory)
+        # Absolute: the relay runs in this folder and would resolve a
+        # relative DATABASE_URL from there a second time.
+        self.directory = Path(directory).resolve()
         self.database = self.directory / "yaok_relay.db"
         self.environment = {
             "DATABASE_URL": f"sqlite://{self.database}",

@@ -13,7 +13,7 @@ import random
 import time
 
 from loadtests.ceilings import sqlite_insert_rate
-from loadtests.context import Context, make_identities
+from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet
 from loadtests.target import seed_users
 from loadtests.timeline import percentile
@@ -127,7 +127,7 @@ async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
         began = time.perf_counter()
 
         def progress() -> None:
-            bar.update(round(time.perf_counter() - began - bar.n, 2))
+            show_elapsed(bar, began)
 
         sent = await paced(fleet, senders, pick, payload, rate, duration, progress)
         await settle_answers(fleet, 10.0)

@@ -8,7 +8,7 @@ way still arrives, and the ledger must show every QUEUED message delivered.
 
 import time
 
-from loadtests.context import Context, make_identities
+from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet
 from loadtests.timeline import percentile
 from loadtests.traffic import ClosedLoop, drain, payload_of, settle_answers
@@ -48,7 +48,7 @@ async def run(context: Context) -> dict:
             began = time.perf_counter()
 
             def progress() -> None:
-                bar.update(round(time.perf_counter() - began - bar.n, 2))
+                show_elapsed(bar, began)
                 bar.set_postfix(cycles=loop.completed)
 
             await loop.run(began + duration, progress)

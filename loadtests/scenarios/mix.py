@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 
-from loadtests.context import Context, make_identities
+from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet, Phone
 from loadtests.scenarios.steady import Pinger
 from loadtests.target import seed_users
@@ -53,7 +53,7 @@ async def run(context: Context) -> dict:
             began = time.perf_counter()
 
             def progress() -> None:
-                bar.n = min(bar.total, round(time.perf_counter() - began, 1))
+                show_elapsed(bar, began)
                 bar.set_postfix(queued=timeline.total("queued"))
 
             senders = [p for p in online]

@@ -132,9 +132,9 @@ def run_backup(argv: list[str]) -> int:
 def verify_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yaok-relay verify-backup",
-        description="Check a backup archive: it lists, its manifest is valid, the "
-        "checksums match, integrity_check passes on an extracted copy, the row "
-        "counts match and the size is sane.",
+        description="Check a backup archive: the archive can be listed, the "
+        "manifest is valid, the checksums match, integrity_check passes on an "
+        "extracted copy, the row counts match and the size is sane.",
     )
     parser.add_argument("archive", type=Path, help="the .tar.gz to check")
     parser.add_argument(

@@ -81,7 +81,7 @@ def describe_day(day: datetime.date) -> str:
     notes = [day.strftime("%A")]
     if day.day == 1:
         notes.append("first of the month")
-    return f"{day.isoformat()} ({', '.join(notes)})"
+    return f"{day.isoformat()}, {', '.join(notes)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
     )[0]
 
     # Bob registers once, so the relay knows him, then goes offline.
-    assert client(relay, tmp_path, "bob.json", "ping").returncode == 0
+    assert client(relay, tmp_path, "bob.json", "unregister").returncode == 0
+    assert relay_sessions(relay) == 0
     sent = client(relay, tmp_path, "alice.json", "send", card, "hello while you slept")
     assert sent.returncode == 0, sent.stderr
     assert "QUEUED" in sent.stdout
