@@ -126,9 +126,9 @@ class Messaging:
         if future.cancelled():
             return
         error = future.exception()
-        admitted = False
+        stored_now = False
         if error is None:
-            status, admitted = future.result()
+            status, stored_now = future.result()
         elif isinstance(error, StorageUnavailable):
             self._storage_failed(error, stored.trace_id)
             status = AckStatus.UNAVAILABLE
@@ -149,7 +149,7 @@ class Messaging:
         )
         # A repeat is not pushed: its first copy, which wins, may name
         # another recipient or payload.
-        if admitted and not pushed:
+        if stored_now and not pushed:
             self.push(stored, now)
 
     def _storage_failed(self, error: StorageUnavailable, trace_id: str) -> None:
@@ -180,8 +180,12 @@ class Messaging:
         Returns whether it was sent.
         """
         core = self.core
+        if stored.expires_at_ms <= now:
+            return False  # a slow commit outlived a short TTL
         recipient = core.sessions.of_user(stored.recipient_id, now)
-        if recipient is None or not recipient.validated:
+        # A closing session is erasing its user, and the message will be
+        # answered UNKNOWN_RECIPIENT.
+        if recipient is None or not recipient.validated or recipient.closing:
             return False
         entry = encode_entry_fields(
             stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload

@@ -51,7 +51,10 @@ class Enqueued(NamedTuple):
     """What became of one enqueued copy of a message."""
 
     status: AckStatus
-    admitted: bool  # this copy was stored; False for a repeat or a refusal
+    # This copy was written to its mailbox as a new message. False for a
+    # repeat, a refusal, or a message its recipient acknowledged in the
+    # same batch, which is delivered and never written.
+    stored: bool
 
 
 @dataclass(frozen=True, slots=True)

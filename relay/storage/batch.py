@@ -164,13 +164,13 @@ class BatchTransaction:
         )
         if registrations:
             await self._register(registrations)
-        admitted: dict[tuple[str, str, str], StoredMessage] = {}
+        admitted: dict[tuple[str, str, str], EnqueueMessage] = {}
         if enqueues:
             admitted = await self._enqueue(enqueues)
         if acknowledgements:
             await self._acknowledge(acknowledgements, admitted)
         if admitted:
-            await self._insert(list(admitted.values()))
+            await self._insert([op.message for op in admitted.values()])
         for sweep in sweeps:
             await self._sweep(sweep)
         for erasure in erasures:
@@ -219,11 +219,11 @@ class BatchTransaction:
 
     async def _enqueue(
         self, operations: list[EnqueueMessage]
-    ) -> dict[tuple[str, str, str], StoredMessage]:
+    ) -> dict[tuple[str, str, str], EnqueueMessage]:
         """Decide each message's status; return the admitted ones, not yet inserted.
 
-        The result maps (recipient_id, sender_id, message_id) to the message,
-        so that acknowledgements in the same batch can find them.
+        The result maps (recipient_id, sender_id, message_id) to the
+        operation, so that acknowledgements in the same batch can find them.
         """
         # The first copy of a (sender_id, message_id) decides; later copies
         # in the same batch get its status.
@@ -251,8 +251,8 @@ class BatchTransaction:
                 op.status = AckStatus.MAILBOX_FULL
             else:
                 op.status = AckStatus.QUEUED
-                op.admitted = True
-                admitted[op.message.recipient_id, key[0], key[1]] = op.message
+                op.stored = True
+                admitted[op.message.recipient_id, key[0], key[1]] = op
         for copy, first in copies:
             copy.status = first.status
         return admitted
@@ -284,7 +284,7 @@ class BatchTransaction:
     async def _acknowledge(
         self,
         operations: list[AcknowledgeMessages],
-        admitted: dict[tuple[str, str, str], StoredMessage],
+        admitted: dict[tuple[str, str, str], EnqueueMessage],
     ) -> None:
         """Delete acknowledged messages, and take those admitted in this batch out.
 
@@ -306,8 +306,10 @@ class BatchTransaction:
         for op in operations:
             for sender_id, message_id in op.keys:
                 key = (op.recipient_id, sender_id, message_id)
-                message = unwritten.pop(key, None)
-                if message is not None:
+                enqueue = unwritten.pop(key, None)
+                if enqueue is not None:
+                    enqueue.stored = False  # delivered, never written
+                    message = enqueue.message
                     records.append(_unwritten_outcome(op, message))
                     if message.expires_at_ms > op.now_ms:
                         op.receipts.append(_receipt(message))

@@ -33,11 +33,11 @@ class EnqueueMessage:
     future: asyncio.Future
     message: StoredMessage
     status: AckStatus | None = None
-    admitted: bool = False  # this copy is the one stored, not a repeat
+    stored: bool = False  # this copy waits in its mailbox as a new message
 
     def result(self, index: MailboxIndex) -> Enqueued:
         assert self.status is not None, "the batch decides every enqueue"
-        return Enqueued(self.status, self.admitted)
+        return Enqueued(self.status, self.stored)
 
 
 @dataclass(eq=False, slots=True)

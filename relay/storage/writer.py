@@ -30,7 +30,7 @@ from relay.storage.base import Quotas, StorageUnavailable
 from relay.storage.batch import BatchTransaction, IndexChanges
 from relay.storage.connection import is_corruption
 from relay.storage.mailbox_index import MailboxIndex
-from relay.storage.operations import EraseUser, WriteOperation
+from relay.storage.operations import EnqueueMessage, EraseUser, WriteOperation
 
 log = structlog.get_logger(__name__)
 
@@ -169,7 +169,10 @@ class GroupCommitWriter:
         finally:
             self._in_flight = 0
         self._apply(changes)
-        for operation in batch:
+        # Enqueues first: callbacks run in the order of set_result, and a
+        # sender must hear QUEUED before the DELIVERED of an ACK in the
+        # same batch, even when the ACK was queued first.
+        for operation in sorted(batch, key=_enqueues_first):
             if not operation.future.done():
                 operation.future.set_result(operation.result(self.index))
 
@@ -276,3 +279,7 @@ def _fail(batch: list[WriteOperation], exc: BaseException) -> None:
 def _report_stopped(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("storage_writer_stopped", error=repr(task.exception()))
+
+
+def _enqueues_first(operation: WriteOperation) -> int:
+    return 0 if isinstance(operation, EnqueueMessage) else 1

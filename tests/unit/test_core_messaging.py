@@ -275,3 +275,43 @@ async def test_expired_repeat_not_pushed(relay):
     events = await alice.exchange(alice.message(bob, message_id=message_id))
     assert statuses(events) == [AckStatus.EXPIRED]
     assert bob.events() == []
+
+
+async def test_retry_acked_in_same_batch_not_pushed(make_relay):
+    relay = await make_relay(mailbox_max_per_sender=1)
+    alice, bob = await registered(relay, 2)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=first))
+    events = await alice.exchange(alice.message(bob, message_id=second))
+    assert statuses(events) == [AckStatus.MAILBOX_FULL]
+    pushed = [event.entry.message_id for event in bob.events()]
+    assert pushed == [first, second]  # the refused copy was pushed on arrival
+    await bob.exchange(bob.session.ack([(alice.user_id, first)]))
+    alice.events()
+    # Bob acknowledges the copy he already has as Alice retries it.
+    bob.send(bob.session.ack([(alice.user_id, second)]))
+    alice.send(alice.message(bob, message_id=second))
+    await relay.settle()
+    assert statuses(alice.events()) == [AckStatus.QUEUED, AckStatus.DELIVERED]
+    assert bob.events() == []
+
+
+async def test_expired_during_commit_not_pushed(relay):
+    alice, bob = await registered(relay, 2)
+    message_id = str(uuid.uuid4())
+    events = await alice.exchange(alice.message(str(uuid.uuid4()), message_id=message_id))
+    assert statuses(events) == [AckStatus.UNKNOWN_RECIPIENT]
+    # The id is now seen, so this message waits for its commit to be pushed.
+    alice.send(alice.message(bob, message_id=message_id, ttl_s=60))
+    relay.clock.advance(61)
+    await relay.settle()
+    assert statuses(alice.events()) == [AckStatus.QUEUED]
+    assert bob.events() == []
+
+
+async def test_erasing_recipient_gets_no_push(relay):
+    alice, bob = await registered(relay, 2)
+    bob.send(bob.session.unregister(erase=True))
+    alice.send(alice.message(bob))
+    await relay.settle()
+    assert not [event for event in bob.events() if isinstance(event, EntryPushed)]
