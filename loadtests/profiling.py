@@ -33,7 +33,9 @@ class Profiler:
     def start(self) -> "Profiler":
         executable = py_spy_path()
         if executable is None:
-            raise RuntimeError("py-spy is not installed: pip install py-spy")
+            raise RuntimeError(
+                "py-spy is not installed: run .venv/bin/pip install -e '.[load]'"
+            )
         self.process = subprocess.Popen(
             [
                 executable,

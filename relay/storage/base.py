@@ -48,7 +48,7 @@ class StoredMessage:
 
 
 class Enqueued(NamedTuple):
-    """What became of one enqueued copy of a message."""
+    """The outcome of one enqueued copy of a message."""
 
     status: AckStatus
     # This copy was written to its mailbox as a new message. False for a

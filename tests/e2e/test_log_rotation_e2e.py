@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.load import Sender, total_queued, wait_for_queued
 from tests.e2e.log_format import line_problems
 from tests.e2e.phone import UdpPhone
+from tests.e2e.traffic import Sender, total_queued, wait_for_queued
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ def test_logrotate_loses_no_line(relay_factory, tmp_path):
     phones = [UdpPhone(relay.udp_address, relay.relay_public_key) for _ in range(3)]
     for phone in phones:
         phone.register()
-    senders = [Sender(phone, recipient.user_id) for phone in phones]
+    senders = [Sender(phone, recipient.user_id, max_seconds=60) for phone in phones]
     for sender in senders:
         sender.start()
 
@@ -80,7 +80,7 @@ def test_logrotate_loses_no_line(relay_factory, tmp_path):
     rotated_inode = (log_dir / "relay.log.1").stat().st_ino
     wait_for_queued(senders, total_queued(senders) + 150)
     for sender in senders:
-        sender.stop_sending.set()
+        sender.stopping.set()
     for sender in senders:
         sender.join(30)
     assert relay.stop() == 0

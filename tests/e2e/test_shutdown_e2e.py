@@ -9,9 +9,8 @@ import pytest
 
 from relay.client.events import DrainingReceived
 from relay.protocol.constants import AckStatus
-from tests.e2e.load import Sender, wait_for_queued
 from tests.e2e.phone import UdpPhone
-from tests.e2e.traffic import drain_mailbox
+from tests.e2e.traffic import Sender, drain_mailbox, wait_for_queued
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +39,7 @@ def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
     for phone in phones:
         phone.register()
     senders = [
-        Sender(phone, recipients[i % 2].user_id, window=16, stop_on_draining=False)
+        Sender(phone, recipients[i % 2].user_id, window=16, max_seconds=60)
         for i, phone in enumerate(phones)
     ]
     for sender in senders:
@@ -52,7 +51,7 @@ def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
     # SHUTDOWN_TIMEOUT_S, and interpreter exit on a loaded machine adds some.
     code = relay.wait(SHUTDOWN_TIMEOUT_S + 15)
     for sender in senders:
-        sender.stop_sending.set()
+        sender.stopping.set()
     for sender in senders:
         sender.join(30)
     idle_events = idle.receive_all()
@@ -75,9 +74,9 @@ def test_sigterm_under_load_keeps_every_queued_message(relay_factory, tmp_path):
     )
     assert check.stdout.strip() == "ok"
 
-    queued = set().union(*(sender.queued for sender in senders))
+    queued = set().union(*(sender.queued() for sender in senders))
     sent = set().union(*(sender.sent for sender in senders))
-    statuses = {s for sender in senders for s in sender.statuses.values()}
+    statuses = set().union(*(sender.statuses() for sender in senders))
     assert statuses <= {AckStatus.QUEUED, AckStatus.UNAVAILABLE}
     with sqlite3.connect(relay.database) as connection:
         (rows,) = connection.execute("SELECT count(*) FROM mailbox_messages").fetchone()

@@ -8,7 +8,11 @@ import time
 import uuid
 from collections.abc import Iterable
 
-from relay.client.events import MessageAckReceived, PollResponseReceived
+from relay.client.events import (
+    DrainingReceived,
+    MessageAckReceived,
+    PollResponseReceived,
+)
 from relay.protocol.constants import AckStatus
 from tests.e2e.phone import UdpPhone
 
@@ -22,8 +26,9 @@ class Sender(threading.Thread):
     A message can be answered twice, QUEUED and later DELIVERED: answers
     keeps the latest status, queued_at the time of the QUEUED answer.
 
-    At most OUTSTANDING_MAX messages wait for an answer at once; one left
-    unanswered for ANSWER_TIMEOUT_S is given up (not resent).
+    At most `window` messages wait for an answer at once; one left
+    unanswered for ANSWER_TIMEOUT_S is given up (not resent). DRAINING is
+    counted, and stops the sending if stop_on_draining is set.
     """
 
     def __init__(
@@ -34,6 +39,8 @@ class Sender(threading.Thread):
         max_messages: int = 5_000,
         max_seconds: float = 30.0,
         payload: bytes = b"sealed" * 40,
+        window: int = OUTSTANDING_MAX,
+        stop_on_draining: bool = False,
     ) -> None:
         super().__init__(daemon=True)
         self.phone = phone
@@ -41,6 +48,9 @@ class Sender(threading.Thread):
         self.max_messages = max_messages
         self.max_seconds = max_seconds
         self.payload = payload
+        self.window = window
+        self.stop_on_draining = stop_on_draining
+        self.drainings = 0
         self.stopping = threading.Event()
         self.sent: list[str] = []
         self.answers: dict[str, AckStatus] = {}
@@ -50,14 +60,17 @@ class Sender(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         while time.monotonic() < deadline and not self.stopping.is_set():
-            room = len(self._waiting) < OUTSTANDING_MAX
+            room = len(self._waiting) < self.window
             if len(self.sent) < self.max_messages and room:
                 self._send_one()
                 continue
             if not self._waiting and len(self.sent) >= self.max_messages:
                 return
             self._receive(0.05)
-        self._receive(0.3)
+        # Collect the answers still on their way, until the socket is quiet.
+        for _ in range(1_000):
+            if not self._receive(0.5):
+                break
 
     def _send_one(self) -> None:
         message_id = str(uuid.uuid4())
@@ -68,19 +81,27 @@ class Sender(threading.Thread):
         self._waiting[message_id] = time.monotonic()
         self._receive(0.0005)
 
-    def _receive(self, timeout_s: float) -> None:
+    def _receive(self, timeout_s: float) -> int:
+        """Record the answers that arrive; return how many datagrams came."""
+        count = 0
         event = self.phone.receive(timeout_s)
         while event is not None:
+            count += 1
             if isinstance(event, MessageAckReceived):
                 self.answers[event.message_id] = event.status
                 if event.status == AckStatus.QUEUED:
                     self.queued_at.setdefault(event.message_id, time.monotonic())
                 self._waiting.pop(event.message_id, None)
+            elif isinstance(event, DrainingReceived):
+                self.drainings += 1
+                if self.stop_on_draining:
+                    self.stopping.set()
             event = self.phone.receive(0.0005)
         now = time.monotonic()
         for message_id, sent_at in list(self._waiting.items()):
             if now - sent_at > ANSWER_TIMEOUT_S:
                 del self._waiting[message_id]
+        return count
 
     def stop(self) -> "Sender":
         self.stopping.set()
@@ -127,6 +148,20 @@ class Collector(threading.Thread):
         self.stopping.set()
         self.join(timeout=self.max_seconds + 10)
         return self
+
+
+def total_queued(senders: list[Sender]) -> int:
+    return sum(len(sender.queued()) for sender in senders)
+
+
+def wait_for_queued(senders: list[Sender], count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while total_queued(senders) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"only {total_queued(senders)} of {count} messages QUEUED in {timeout_s} s"
+            )
+        time.sleep(0.02)
 
 
 def acknowledge(phone: UdpPhone, keys: Iterable[tuple[str, str]]) -> None:
