@@ -169,6 +169,11 @@ async def run_suite(context: Context, names: list[str], scale: str) -> int:
     context.write_json("summary.json", summary)
     print()
     print(report.render(rows))
+    if scale == "quick":
+        print(
+            "\nquick scale: these figures show that the harness works; the targets "
+            "apply to `loadtests full` (docs/performance.md explains the misses)"
+        )
     print(f"\nsummary: {out / 'summary.json'}; plots: {out / 'plots'}")
     if summary["failures"]:
         print(
