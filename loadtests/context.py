@@ -121,12 +121,14 @@ class Context:
         process = start_relay(directory, **environment)
         sampler = ProcessSampler(process.pid, 0.25, self.timeline.started).start()
         run = RelayRun(name, process, sampler, self.timeline.now())
+        # Tracked before the profiler starts, so that stop_relays() stops
+        # this relay even when py-spy is missing.
+        self.relays.append(run)
         if self.profile:
             folder = self.out_dir / "profiles"
             folder.mkdir(parents=True, exist_ok=True)
             output = folder / f"{directory.name}.txt"
             run.profiler = Profiler(process.pid, output).start()
-        self.relays.append(run)
         return process
 
     def stop_relays(self) -> None:

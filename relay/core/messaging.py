@@ -138,6 +138,8 @@ class Messaging:
         sender = core.sessions.of_user(stored.sender_id, now)
         if sender is not None:
             self._answer(sender, stored.message_id, status)
+        else:
+            self._count(status)  # the sender left; the outcome still counts
         duration_s = time.perf_counter() - started
         core.stats.observe_latency("message", duration_s)
         log.debug(
@@ -164,14 +166,17 @@ class Messaging:
         log.warning(event, error=str(error), trace_id=trace_id, held_back=held_back)
 
     def _answer(self, session: Session, message_id: str, status: AckStatus) -> None:
-        core = self.core
-        core.stats.message_outcomes[status.name.lower()] += 1
-        if status in (AckStatus.QUEUED, AckStatus.DELIVERED, AckStatus.EXPIRED):
-            core.stats.succeeded["message"] += 1
-        else:
-            core.stats.failed["message"] += 1
+        self._count(status)
         body = encode_message_ack(message_id, status)
-        core.send_session(session, PacketType.MESSAGE_ACK, body)
+        self.core.send_session(session, PacketType.MESSAGE_ACK, body)
+
+    def _count(self, status: AckStatus) -> None:
+        stats = self.core.stats
+        stats.message_outcomes[status.name.lower()] += 1
+        if status in (AckStatus.QUEUED, AckStatus.DELIVERED, AckStatus.EXPIRED):
+            stats.succeeded["message"] += 1
+        else:
+            stats.failed["message"] += 1
 
     def push(self, stored: StoredMessage, now: int) -> bool:
         """Send a message to its recipient now, if it is online and reachable.
@@ -183,10 +188,10 @@ class Messaging:
         if stored.expires_at_ms <= now:
             return False  # a slow commit outlived a short TTL
         recipient = core.sessions.of_user(stored.recipient_id, now)
-        # A closing session is erasing its user, and the message will be
-        # answered UNKNOWN_RECIPIENT.
-        if recipient is None or not recipient.validated or recipient.closing:
+        if recipient is None or not recipient.validated:
             return False
+        if stored.recipient_id in core.erasing:
+            return False  # the message will be answered UNKNOWN_RECIPIENT
         entry = encode_entry_fields(
             stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload
         )
@@ -214,6 +219,7 @@ class Messaging:
         try:
             future = core.storage.submit_acknowledge(user_id, keys, now)
         except StorageUnavailable as exc:
+            core.stats.failed["ack"] += 1
             self._storage_failed(exc, "")
             return
         self._acks_in_flight[user_id] = future
@@ -229,6 +235,7 @@ class Messaging:
             return
         error = future.exception()
         if isinstance(error, StorageUnavailable):
+            core.stats.failed["ack"] += 1
             self._storage_failed(error, "")
             return
         if error is not None:
@@ -262,10 +269,10 @@ class Messaging:
             core.stats.failed["poll"] += 1
             return
         session.buckets.poll = full_at
-        core.spawn(self._answer_poll(session, max_bytes, now, time.perf_counter()))
+        core.spawn(self._answer_poll(session, max_bytes, time.perf_counter()))
 
     async def _answer_poll(
-        self, session: Session, max_bytes: int, now: int, started: float
+        self, session: Session, max_bytes: int, started: float
     ) -> None:
         core = self.core
         acknowledging = self._acks_in_flight.get(session.user_id)
@@ -274,22 +281,29 @@ class Messaging:
             # repeat the messages that ACK is deleting.
             await asyncio.wait([acknowledging])
         room = max(0, max_bytes - _POLL_RESPONSE_FIXED_SIZE)
-        fetched = await core.storage.fetch(session.user_id, now, room)
+        try:
+            fetched = await core.storage.fetch(session.user_id, core.clock(), room)
+        except StorageUnavailable:
+            core.stats.failed["poll"] += 1
+            raise
         if core.sessions.by_id.get(session.session_id) is not session:
             return  # the session ended while the mailbox was read
+        # The waits above can outlast a short TTL: check expiry once more.
+        now = core.clock()
+        live = [m for m in fetched.entries if m.expires_at_ms > now]
         entries = [
             encode_entry_fields(m.message_id, m.sender_id, m.received_at_ms, m.payload)
-            for m in fetched.entries
+            for m in live
         ]
         if session.path_nonce is not None:
             # To an unvalidated address the budget is a hard limit.
             entries = self._fit(entries, min(max_bytes, session.path_budget))
-        remaining = fetched.remaining + len(fetched.entries) - len(entries)
+        remaining = fetched.remaining + len(live) - len(entries)
         sent = core.send_session(
             session, PacketType.POLL_RESPONSE, encode_poll_response(remaining, entries)
         )
         if sent:
-            for message in fetched.entries[: len(entries)]:
+            for message in live[: len(entries)]:
                 log.debug(
                     "message_polled", trace_id=message.trace_id, user_id=session.user_id
                 )

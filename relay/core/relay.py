@@ -122,6 +122,8 @@ class RelayCore:
         self.clock = clock
         self.stats = RelayStats()
         self.draining = False
+        # Users whose erasure is in flight: nothing is pushed to them.
+        self.erasing: set[str] = set()
         self.rates = UserRates(settings)
 
         self.cookies = CookieJar(
@@ -566,17 +568,27 @@ class RelayCore:
             return  # an erase is in flight; its UNREGISTERED answers this retry too
         if flags & UNREGISTER_ERASE:
             session.closing = True
+            self.erasing.add(session.user_id)
             self.spawn(self._erase(session, flags))
             return
         self._end_session(session, flags, now)
 
     async def _erase(self, session: Session, flags: int) -> None:
+        user_id = session.user_id
         try:
-            await self.storage.erase_user(session.user_id)
+            await self.storage.erase_user(user_id)
         finally:
             session.closing = False
-        log.info("user_erased", user_id=session.user_id)
-        self._end_session(session, flags, self.clock())
+            self.erasing.discard(user_id)
+        log.info("user_erased", user_id=user_id)
+        now = self.clock()
+        self._end_session(session, flags, now)
+        # A REGISTER committed while the erasure waited opened a session
+        # for a user that no longer exists; it ends without a word, and the
+        # phone's next packet gets UNKNOWN_SESSION.
+        other = self.sessions.of_user(user_id, now)
+        if other is not None:
+            self.sessions.remove(other)
 
     def _end_session(self, session: Session, flags: int, now: int) -> None:
         self.sessions.end(session, flags, now)

@@ -299,7 +299,9 @@ async def test_retry_acked_in_same_batch_not_pushed(make_relay):
 async def test_expired_during_commit_not_pushed(relay):
     alice, bob = await registered(relay, 2)
     message_id = str(uuid.uuid4())
-    events = await alice.exchange(alice.message(str(uuid.uuid4()), message_id=message_id))
+    events = await alice.exchange(
+        alice.message(str(uuid.uuid4()), message_id=message_id)
+    )
     assert statuses(events) == [AckStatus.UNKNOWN_RECIPIENT]
     # The id is now seen, so this message waits for its commit to be pushed.
     alice.send(alice.message(bob, message_id=message_id, ttl_s=60))
@@ -315,3 +317,51 @@ async def test_erasing_recipient_gets_no_push(relay):
     alice.send(alice.message(bob))
     await relay.settle()
     assert not [event for event in bob.events() if isinstance(event, EntryPushed)]
+
+
+async def test_session_registered_during_erase_ends(relay):
+    alice, bob = await registered(relay, 2)
+    second = relay.phone(identity=bob.identity)  # the same user, another session
+    second.send(second.session.start_register())
+    (challenge,) = second.events()
+    second.send(challenge.register)  # its registry write is queued first
+    bob.send(bob.session.unregister(erase=True))
+    await relay.settle()
+    assert relay.core.sessions.of_user(bob.user_id, relay.clock()) is None
+    events = await alice.exchange(alice.message(bob))
+    assert statuses(events) == [AckStatus.UNKNOWN_RECIPIENT]
+    assert not [e for e in second.events() if isinstance(e, EntryPushed)]
+
+
+async def test_poll_skips_message_expired_while_waiting(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    kept, short = str(uuid.uuid4()), str(uuid.uuid4())
+    await alice.exchange(alice.message(bob, message_id=kept, ttl_s=600))
+    await alice.exchange(alice.message(bob, message_id=short, ttl_s=60))
+    await bob.register()
+    bob.send(bob.session.ack([(alice.user_id, str(uuid.uuid4()))]))
+    bob.send(bob.session.poll())  # waits for the ACK's commit
+    relay.clock.advance(61)
+    await relay.settle()
+    (response,) = bob.events()
+    assert [e.message_id for e in response.response.entries] == [kept]
+    assert response.response.remaining == 0
+
+
+async def test_outcome_counted_after_sender_left(relay):
+    alice, bob = await registered(relay, 2)
+    succeeded = relay.core.stats.succeeded["message"]
+    alice.send(alice.message(bob))
+    alice.send(alice.session.unregister())  # gone before the commit
+    await relay.settle()
+    assert relay.core.stats.succeeded["message"] == succeeded + 1
+
+
+async def test_ack_and_poll_failures_counted(relay):
+    alice, bob = await registered(relay, 2)
+    await relay.storage.close()
+    await bob.exchange(bob.session.ack([(alice.user_id, str(uuid.uuid4()))]))
+    await bob.exchange(bob.session.poll())
+    assert relay.core.stats.failed["ack"] == 1
+    assert relay.core.stats.failed["poll"] == 1
