@@ -385,7 +385,6 @@ def session_state(session: Session) -> tuple:
         session.send_counter,
         session.path_nonce,
         session.path_budget,
-        session.closing,
     )
 
 

@@ -107,7 +107,7 @@ class Messaging:
         try:
             future = core.storage.submit_enqueue(stored)
         except StorageUnavailable as exc:
-            self._storage_failed(exc, stored.trace_id)
+            core.storage_failed(exc, "message_not_stored", trace_id=stored.trace_id)
             self._answer(session, message_id, AckStatus.UNAVAILABLE)
             return
         # The enqueue is queued before the push goes out, so the ACK of the
@@ -130,7 +130,7 @@ class Messaging:
         if error is None:
             status, stored_now = future.result()
         elif isinstance(error, StorageUnavailable):
-            self._storage_failed(error, stored.trace_id)
+            core.storage_failed(error, "message_not_stored", trace_id=stored.trace_id)
             status = AckStatus.UNAVAILABLE
         else:
             raise error
@@ -153,17 +153,6 @@ class Messaging:
         # another recipient or payload.
         if stored_now and not pushed:
             self.push(stored, now)
-
-    def _storage_failed(self, error: StorageUnavailable, trace_id: str) -> None:
-        self.core.stats.storage_errors += 1
-        # A failing disk fails every MESSAGE. The writer logs the cause, so
-        # these lines only name a few of the messages answered UNAVAILABLE.
-        held_back = self.core.log_throttle.allow("storage")
-        if held_back is None:
-            return
-        # A MESSAGE has a trace id; ACK and POLL failures do not.
-        event = "message_not_stored" if trace_id else "storage_unavailable"
-        log.warning(event, error=str(error), trace_id=trace_id, held_back=held_back)
 
     def _answer(self, session: Session, message_id: str, status: AckStatus) -> None:
         self._count(status)
@@ -220,7 +209,7 @@ class Messaging:
             future = core.storage.submit_acknowledge(user_id, keys, now)
         except StorageUnavailable as exc:
             core.stats.failed["ack"] += 1
-            self._storage_failed(exc, "")
+            core.storage_failed(exc, user_id=user_id)
             return
         self._acks_in_flight[user_id] = future
         core.follow(future, partial(self._acknowledged, user_id, time.perf_counter()))
@@ -236,7 +225,7 @@ class Messaging:
         error = future.exception()
         if isinstance(error, StorageUnavailable):
             core.stats.failed["ack"] += 1
-            self._storage_failed(error, "")
+            core.storage_failed(error, user_id=user_id)
             return
         if error is not None:
             raise error

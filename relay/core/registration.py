@@ -237,14 +237,7 @@ class Registrar:
             # The phone tries another relay. The cookie is released, so a
             # retry here is decided afresh once storage works again.
             core.ledger.release(register.cookie)
-            core.stats.storage_errors += 1
-            if (held_back := core.log_throttle.allow("storage")) is not None:
-                log.warning(
-                    "storage_unavailable",
-                    error=str(exc),
-                    user_id=register.user_id,
-                    held_back=held_back,
-                )
+            core.storage_failed(exc, user_id=register.user_id)
             self._refuse(
                 ErrorCode.OVERLOADED,
                 "relay storage unavailable, try another",

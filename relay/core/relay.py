@@ -101,9 +101,6 @@ class UserRates:
         self.ack = Rate.per_minute(settings.rate_ack_per_user)
         self.ping = Rate.per_minute(settings.rate_ping_per_user)
 
-    def new_buckets(self, now_ms: int) -> UserBuckets:
-        return UserBuckets()
-
 
 class RelayCore:
     def __init__(
@@ -150,7 +147,7 @@ class RelayCore:
         self.registrar = Registrar(self)
         self.messaging = Messaging(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self.log_throttle = LogThrottle()
+        self._log_throttle = LogThrottle()
         self._session_handlers = {
             PacketType.PING: self._ping,
             PacketType.MESSAGE: self.messaging.message,
@@ -266,15 +263,29 @@ class RelayCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def storage_failed(
+        self,
+        error: StorageUnavailable,
+        event: str = "storage_unavailable",
+        **fields: Any,
+    ) -> None:
+        """Count a request that storage failed, and log one line per interval.
+
+        A failing disk fails every request, and the writer already logs the
+        cause, so these lines only name a few of the requests it failed.
+        """
+        self.stats.storage_errors += 1
+        held_back = self._log_throttle.allow("storage")
+        if held_back is not None:
+            log.warning(event, error=str(error), held_back=held_back, **fields)
+
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except StorageUnavailable as exc:
-            self.stats.storage_errors += 1
-            if (held_back := self.log_throttle.allow("storage")) is not None:
-                log.warning("storage_unavailable", error=str(exc), held_back=held_back)
+            self.storage_failed(exc)
         except Exception:
-            if (held_back := self.log_throttle.allow("request")) is not None:
+            if (held_back := self._log_throttle.allow("request")) is not None:
                 log.exception("request_failed", held_back=held_back)
 
     def drop(self, type_name: str, reason: str) -> None:
@@ -350,7 +361,7 @@ class RelayCore:
     ) -> Session:
         """Create a session, replacing the user's previous one without notice."""
         previous = self.sessions.by_user.get(user_id)
-        buckets = previous.buckets if previous else self.rates.new_buckets(now_ms)
+        buckets = previous.buckets if previous else UserBuckets()
         k_c2s, k_s2c = keys
         session = Session(session_id, user_id, address, k_c2s + k_s2c, buckets, now_ms)
         self.sessions.add(session)
@@ -528,12 +539,8 @@ class RelayCore:
         if session.path_nonce is None:
             self._pong(session, now)
             return
-        full_at = admit(session.buckets.ping, self.rates.ping, now)
-        if full_at is None:
-            self.stats.rate_limited["ping"] += 1
-            self.stats.failed["ping"] += 1
+        if not self._admit_ping(session, now):
             return
-        session.buckets.ping = full_at
         pending = self.storage.pending_count(session.user_id, now)
         self.send_session(session, _PONG_TYPE, _PONG.pack(now, pending))
         self.stats.succeeded["ping"] += 1
@@ -544,13 +551,8 @@ class RelayCore:
         The same steps as send_session and _seal, inline, because every
         phone sends a PING every 25 s and a benchmark sends nothing else.
         """
-        buckets = session.buckets
-        full_at = admit(buckets.ping, self.rates.ping, now)
-        if full_at is None:
-            self.stats.rate_limited["ping"] += 1
-            self.stats.failed["ping"] += 1
+        if not self._admit_ping(session, now):
             return
-        buckets.ping = full_at
         body = _PONG.pack(now, self.storage.pending_count(session.user_id, now))
         counter = session.send_counter + 1
         session.send_counter = counter
@@ -560,14 +562,23 @@ class RelayCore:
         self.send(associated + sealed, session.address)
         self.stats.succeeded["ping"] += 1
 
+    def _admit_ping(self, session: Session, now: int) -> bool:
+        """Take a PING from the user's bucket; count and refuse it when empty."""
+        full_at = admit(session.buckets.ping, self.rates.ping, now)
+        if full_at is None:
+            self.stats.rate_limited["ping"] += 1
+            self.stats.failed["ping"] += 1
+            return False
+        session.buckets.ping = full_at
+        return True
+
     def _unregister(
         self, session: Session, body: bytes, address: Address, now: int
     ) -> None:
         flags = decode_unregister(body)
-        if session.closing:
+        if session.user_id in self.erasing:
             return  # an erase is in flight; its UNREGISTERED answers this retry too
         if flags & UNREGISTER_ERASE:
-            session.closing = True
             self.erasing.add(session.user_id)
             self.spawn(self._erase(session, flags))
             return
@@ -578,14 +589,13 @@ class RelayCore:
         try:
             await self.storage.erase_user(user_id)
         finally:
-            session.closing = False
             self.erasing.discard(user_id)
         log.info("user_erased", user_id=user_id)
         now = self.clock()
         self._end_session(session, flags, now)
-        # A REGISTER committed while the erasure waited opened a session
-        # for a user that no longer exists; it ends without a word, and the
-        # phone's next packet gets UNKNOWN_SESSION.
+        # A REGISTER committed while the erasure waited may have opened a
+        # session for the erased user. It ends silently, so the phone's next
+        # packet gets UNKNOWN_SESSION.
         other = self.sessions.of_user(user_id, now)
         if other is not None:
             self.sessions.remove(other)

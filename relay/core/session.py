@@ -46,7 +46,6 @@ class Session:
         "address",
         "buckets",
         "ciphers",
-        "closing",
         "highest",
         "keys",
         "last_seen_ms",
@@ -79,7 +78,6 @@ class Session:
         self.last_seen_ms = now_ms
         self.path_nonce: bytes | None = None
         self.path_budget = 0
-        self.closing = False
 
     @property
     def validated(self) -> bool:
