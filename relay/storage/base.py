@@ -10,7 +10,7 @@ Async methods may wait for a commit. `submit_enqueue` and
 `submit_acknowledge` queue the same work as `enqueue` and `acknowledge` at
 once and return its future, so that the relay can finish each MESSAGE and
 ACK in a callback instead of a task of its own. The three synchronous
-methods that read are called on the hot path and must answer from memory.
+methods that read are called on the hot path and must read only memory.
 """
 
 import asyncio
@@ -163,7 +163,7 @@ class Storage(Protocol):
 
         False must mean certainly not, within the dedup window: the relay
         then pushes the message before it is committed. An implementation
-        that cannot tell answers True, and every push waits for its commit.
+        that cannot tell returns True, and every push waits for its commit.
         """
 
     def pending_count(self, recipient_id: str, now_ms: int) -> int:

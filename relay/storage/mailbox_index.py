@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import aiosqlite
 
+from relay.storage.seen import SeenFilter
+
 LOAD_CHUNK_ROWS = 10_000
 
 
@@ -53,16 +55,24 @@ class MailboxIndex:
         self.message_count = 0
 
     @classmethod
-    async def load(cls, connection: aiosqlite.Connection) -> "MailboxIndex":
-        """Build the index from one scan of mailbox_messages."""
+    async def load(
+        cls, connection: aiosqlite.Connection, seen: SeenFilter | None = None
+    ) -> "MailboxIndex":
+        """Build the index from one scan of mailbox_messages.
+
+        The same scan adds each stored message's id to seen, if given.
+        """
         index = cls()
         cursor = await connection.execute(
-            f"SELECT {SUMMARY_COLUMNS} FROM mailbox_messages"
+            f"SELECT {SUMMARY_COLUMNS}, message_id FROM mailbox_messages"
         )
         try:
             while rows := await cursor.fetchmany(LOAD_CHUNK_ROWS):
-                for row in rows:
-                    index._append(MessageSummary._make(row))
+                for *columns, message_id in rows:
+                    summary = MessageSummary._make(columns)
+                    index._append(summary)
+                    if seen is not None:
+                        seen.add(summary.sender_id, message_id, summary.expires_at_ms)
         finally:
             await cursor.close()
         for mailbox in index._mailboxes.values():

@@ -5,9 +5,10 @@ commits. A repeated MESSAGE must not be pushed that way, because its
 first copy wins. That copy may be delivered already, and the recipient
 would see it come back. It may have expired, and expired messages are
 never delivered. Or it may be stored for another recipient, with another
-payload. Only the database knows, so a repeat waits for the writer. This Bloom filter tells a new
-message from a possible repeat without a read. A false positive only
-makes the relay push after the commit instead of before.
+payload. Only the database records which, so a repeat waits for the
+writer. This Bloom filter tells a new message from a possible repeat
+without a read. A false positive only makes the relay push after the
+commit instead of before.
 
 A key must stay in the filter while its message is in a mailbox or has a
 dedup record. Bloom filters cannot forget single keys, so keys live in

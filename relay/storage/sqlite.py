@@ -163,8 +163,9 @@ class SqliteStorage:
             write_connection = await self._connect(read_only=False)
             reader = await self._connect(read_only=True)
             header = HeaderReader(self.path)
-            index = await MailboxIndex.load(write_connection)
-            seen = await _load_seen(write_connection)
+            seen = SeenFilter()
+            index = await MailboxIndex.load(write_connection, seen)
+            await _load_dedup_keys(write_connection, seen)
         except (sqlite3.Error, OSError, ValueError) as exc:
             for connection in (reader, write_connection):
                 if connection is not None:
@@ -549,18 +550,15 @@ async def _close_quietly(connection: aiosqlite.Connection) -> None:
         log.warning("database_close_failed", error=str(exc))
 
 
-async def _load_seen(connection: aiosqlite.Connection) -> SeenFilter:
-    """Build the filter of message ids from the mailboxes and the dedup records."""
-    seen = SeenFilter()
-    # A dedup record lasts one window past the time it was recorded, as a
-    # stored message lasts one window past its expiry, at the latest.
-    queries = (
-        "SELECT sender_id, message_id, expires_at_ms FROM mailbox_messages",
-        "SELECT sender_id, message_id, recorded_at_ms FROM dedup_records",
-    )
-    for query in queries:
-        async with connection.execute(query) as cursor:
-            while rows := await cursor.fetchmany(LOAD_CHUNK_ROWS):
-                for sender_id, message_id, expires_at_ms in rows:
-                    seen.add(sender_id, message_id, expires_at_ms)
-    return seen
+async def _load_dedup_keys(connection: aiosqlite.Connection, seen: SeenFilter) -> None:
+    """Add the key of every dedup record to the filter of message ids seen.
+
+    A record lasts one window past the time it was recorded, as a stored
+    message lasts one window past its expiry at the latest, so the record
+    time serves as the key's expiry.
+    """
+    query = "SELECT sender_id, message_id, recorded_at_ms FROM dedup_records"
+    async with connection.execute(query) as cursor:
+        while rows := await cursor.fetchmany(LOAD_CHUNK_ROWS):
+            for sender_id, message_id, recorded_at_ms in rows:
+                seen.add(sender_id, message_id, recorded_at_ms)
