@@ -70,26 +70,24 @@ class Lane:
         verify = self.verify
         if verify is not None and self.replies % self.verify_every == 0:
             verify(data)
+        self._send_next()
+
+    def send_window(self) -> None:
+        for _ in range(self.window):
+            if not self._send_next():
+                return
+
+    def _send_next(self) -> bool:
+        """Send the next datagram; return False when the lane has none left."""
         index = self.next
         if index >= len(self.datagrams):
             if not self.cycle or not self.datagrams:
-                return
+                return False
             index = 0
         self.next = index + 1
         self.sent += 1
         self.endpoint.transport.sendto(self.datagrams[index])  # type: ignore[union-attr]
-
-    def send_window(self) -> None:
-        transport = self.endpoint.transport
-        for _ in range(self.window):
-            index = self.next
-            if index >= len(self.datagrams):
-                if not self.cycle or not self.datagrams:
-                    return
-                index = 0
-            self.next = index + 1
-            self.sent += 1
-            transport.sendto(self.datagrams[index])  # type: ignore[union-attr]
+        return True
 
     def check_stalled(self) -> None:
         """Count the window as lost when nothing came back since the last check."""

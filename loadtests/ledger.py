@@ -13,7 +13,7 @@ from relay.protocol.constants import AckStatus
 
 
 class Fate:
-    """What happened to one message, as perf_counter() seconds (0.0: not yet)."""
+    """The fate of one message, as perf_counter() seconds (0.0: not yet)."""
 
     __slots__ = (
         "attempts",

@@ -261,7 +261,7 @@ def render(rows: list[Row]) -> str:
             r.ceiling,
             r.ratio,
             r.target,
-            "n/a" if r.met is None else ("yes" if r.met else "NO"),
+            _verdict(r.met),
         )
         for r in rows
     ]
@@ -276,3 +276,9 @@ def render(rows: list[Row]) -> str:
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _verdict(met: bool | None) -> str:
+    if met is None:
+        return "n/a"
+    return "yes" if met else "NO"

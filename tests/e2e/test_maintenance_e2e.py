@@ -159,15 +159,20 @@ def test_vacuum_reclaims_pages_while_relay_commits(relay_factory):
     assert sqlite3_tool(relay.database, "PRAGMA integrity_check") == "ok"
 
 
-def test_full_vacuum_of_older_file_beside_relay(relay_factory, tmp_path):
-    # A file made before incremental vacuum: auto_vacuum NONE.
+def older_database(tmp_path) -> Path:
+    """Create a migrated database made before incremental vacuum; return its folder."""
     directory = tmp_path / "older"
     directory.mkdir()
     connection = sqlite3.connect(directory / "yaok_relay.db")
     connection.execute("PRAGMA journal_mode = WAL")
     connection.close()
     migrate(directory / "yaok_relay.db")
-    assert pragma(directory / "yaok_relay.db", "auto_vacuum") == 0
+    return directory
+
+
+def test_full_vacuum_of_older_file_beside_relay(relay_factory, tmp_path):
+    directory = older_database(tmp_path)
+    assert pragma(directory / "yaok_relay.db", "auto_vacuum") == 0  # NONE
     relay = relay_factory(directory, **BUSY)
     with Traffic(relay) as traffic:
         wait_for_queued(traffic, 300, relay)
@@ -183,12 +188,7 @@ def test_full_vacuum_of_older_file_beside_relay(relay_factory, tmp_path):
 
 
 def test_large_vacuum_beside_relay_is_skipped(relay_factory, tmp_path):
-    directory = tmp_path / "older"
-    directory.mkdir()
-    connection = sqlite3.connect(directory / "yaok_relay.db")
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.close()
-    migrate(directory / "yaok_relay.db")
+    directory = older_database(tmp_path)
     relay = relay_factory(directory, MAINTENANCE_ONLINE_VACUUM_MAX_BYTES=0)
     forced = maintenance(relay, "--vacuum")
     assert forced.returncode == 3
