@@ -30,10 +30,10 @@ PRAGMA foreign_keys = OFF;
 # 10,000 pages (about 40 MB) raised group-commit throughput by about a quarter
 # (batches of 300 to 1,000 messages of 300 bytes), with the slowest commit
 # near 90 ms instead of 50 ms. The checkpointer (checkpoint.py) now copies
-# pages beside the writer, so this checkpoint is a backstop that mostly syncs
-# and lets the log restart; 40,000 pages (about 160 MB of log at most) make
-# it rare enough that its sync, about 20 ms on that machine, delays under
-# 0.2 % of the messages at 5,000 a second.
+# pages beside the writer and has the writer restart the log past 12,000
+# pages, so this checkpoint is a backstop for when the checkpointer cannot
+# run (its connection failed to open, or its checkpoints fail): 40,000
+# pages, about 160 MB of log at most.
 WAL_AUTOCHECKPOINT_PAGES = 40_000
 
 # Size the WAL file is cut back to when a checkpoint lets the log start over.

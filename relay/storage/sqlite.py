@@ -185,7 +185,7 @@ class SqliteStorage:
         writer = self._writer
         try:
             self._checkpointer = open_checkpointer(
-                self.path, lambda: writer.commit_count
+                self.path, lambda: writer.commit_count, writer.request_checkpoint
             )
         except sqlite3.Error as exc:
             # Checkpoints then run only inside commits, as SQLite does alone.

@@ -80,11 +80,13 @@ class GroupCommitWriter:
         self._stage = _Stage.IDLE
         self._failure_logged_at = -math.inf
         self._unlogged_failures = 0
+        self._checkpoint_requested = False
 
         self.commit_count = 0
         self.committed_operations = 0
         self.unwritten_messages = 0  # acknowledged before their batch, never written
         self.failed_batch_count = 0
+        self.checkpoints = 0  # finished at the checkpointer's request
         self.commit_latencies_ms: deque[float] = deque(maxlen=COMMIT_LATENCY_SAMPLES)
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
@@ -100,6 +102,11 @@ class GroupCommitWriter:
     def pending_operations(self) -> int:
         """Operations submitted and not yet resolved, the running batch included."""
         return len(self._queue) + self._in_flight
+
+    def request_checkpoint(self) -> None:
+        """Request a checkpoint before the next batch, so that the log restarts."""
+        self._checkpoint_requested = True
+        self._wakeup.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="storage-writer")
@@ -122,6 +129,8 @@ class GroupCommitWriter:
     async def _run(self) -> None:
         try:
             while True:
+                if self._checkpoint_requested:
+                    await self._checkpoint()
                 if not self._queue:
                     if self._closing:
                         return
@@ -193,6 +202,18 @@ class GroupCommitWriter:
         changed = self._db.total_changes != changes_before
         self._record_commit(started, len(batch), changed)
         return transaction.changes
+
+    async def _checkpoint(self) -> None:
+        # Between batches no transaction is open, so the copy ends at the
+        # log's end and the next BEGIN starts the log over. A failure loses
+        # nothing: the pages stay in the log for the next checkpoint.
+        self._checkpoint_requested = False
+        try:
+            await self._db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+        except (sqlite3.Error, ValueError) as exc:
+            log.warning("wal_checkpoint_failed", error=str(exc), by="writer")
+        else:
+            self.checkpoints += 1
 
     async def _recover(self, exc: Exception, operations: int) -> None:
         """Roll back a failed batch and note whether the index still matches the file.

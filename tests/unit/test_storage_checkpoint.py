@@ -2,8 +2,11 @@
 
 import asyncio
 import sqlite3
+import sys
+import time
 
 from relay.protocol.constants import AckStatus
+from relay.storage.base import Quotas
 from relay.storage.checkpoint import CHECKPOINT_INTERVAL_S
 from tests.unit.test_storage_writer import message, opened, register_users
 
@@ -35,6 +38,46 @@ async def test_checkpointer_copies_log_while_writer_commits(tmp_path):
     assert store._checkpointer.checkpoints >= 1
     assert store._checkpointer.failures == 0
     await store.close()
+
+
+def log_length(path) -> int:
+    """Read the log's length in frames from the WAL index, without a checkpoint.
+
+    The shared-memory file starts with the index header, whose mxFrame (the
+    last valid frame) sits at byte 16 in the machine's byte order.
+    """
+    header = path.with_name(path.name + "-shm").read_bytes()[16:20]
+    return int.from_bytes(header, sys.byteorder)
+
+
+async def test_log_restarts_while_writes_never_pause(tmp_path):
+    path = tmp_path / "relay.db"
+    roomy = Quotas(max_messages=10**6, max_bytes=2**40, max_per_sender=10**6)
+    store = await opened(path, quotas=roomy, write_batch_max=20)
+    store._checkpointer.interval_s = 0.05
+    store._checkpointer.restart_pages = 40
+    alice, bob = await register_users(store, 2)
+    lengths: list[int] = []
+
+    async def keep_sending(until: float) -> None:
+        while time.monotonic() < until:
+            assert await store.enqueue(message(alice, bob)) == AckStatus.QUEUED
+
+    async def watch(until: float) -> None:
+        while time.monotonic() < until:
+            lengths.append(log_length(path))
+            await asyncio.sleep(0.01)
+
+    until = time.monotonic() + 2.0
+    try:
+        await asyncio.gather(watch(until), *(keep_sending(until) for _ in range(40)))
+    finally:
+        await store.close()
+    assert store._writer.checkpoints >= 1
+    # The log starts over from frame 1 instead of growing to the automatic
+    # checkpoint of the writer's connection, which is far beyond this.
+    restarts = sum(1 for a, b in zip(lengths, lengths[1:]) if b < a)
+    assert restarts >= 1
 
 
 async def test_checkpointer_idle_without_commits(tmp_path):

@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -224,9 +225,8 @@ async def test_cancelled_close_still_stops_threads(tmp_path):
     tasks = [
         asyncio.create_task(store.enqueue(message(alice, bob))) for _ in range(500)
     ]
-    for _ in range(10_000):
-        if store.commit_count >= commits + 2:
-            break
+    deadline = time.monotonic() + 10.0
+    while store.commit_count < commits + 2 and time.monotonic() < deadline:
         await asyncio.sleep(0)
     closing = asyncio.create_task(store.close())
     await asyncio.sleep(0)
