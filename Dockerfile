@@ -1,17 +1,19 @@
 # syntax=docker/dockerfile:1
 # The relay image: a wheel built from pyproject.toml in one stage,
 # installed with its runtime dependencies (no extras) in a slim runtime.
-# The same Python version as scripts/setup.sh requires.
+# The same Python version as scripts/setup.sh requires, on Debian 12 like
+# the machines the tests run on (its SQLite is the one they measured).
+# A tag without the Debian name follows each new Debian release.
 ARG PYTHON_VERSION=3.11
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY relay ./relay
 COPY migrations ./migrations
 RUN pip wheel . --no-deps --wheel-dir /wheels
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -1,7 +1,4 @@
-"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings`.
-
-The console script `yaok-loadtest` runs the same.
-"""
+"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings`, from the repository's root."""
 
 import argparse
 import dataclasses

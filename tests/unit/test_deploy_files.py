@@ -1,5 +1,6 @@
 """fly.toml, the Dockerfile and the wheel it builds, checked against the README and setup."""
 
+import configparser
 import re
 import shlex
 import shutil
@@ -125,8 +126,8 @@ def test_docker_python_version_matches_setup():
     assert f"sys.version_info < {docker_python}" in setup
     stages = instructions("FROM")
     assert stages == [
-        "python:${PYTHON_VERSION}-slim AS build",
-        "python:${PYTHON_VERSION}-slim AS runtime",
+        "python:${PYTHON_VERSION}-slim-bookworm AS build",
+        "python:${PYTHON_VERSION}-slim-bookworm AS runtime",
     ]
 
 
@@ -255,6 +256,20 @@ def test_wheel_contains_migrations_and_command(wheel):
         in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
     assert not [n for n in names if n.startswith("tests/")]
+
+
+def test_wheel_commands_import_from_wheel(wheel):
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    parser = configparser.ConfigParser()
+    parser.read_string(archive.read(entry_points).decode())
+    commands = dict(parser["console_scripts"])
+    assert commands
+    for command, target in commands.items():
+        module = target.split(":")[0].replace(".", "/")
+        shipped = f"{module}.py" in names or f"{module}/__init__.py" in names
+        assert shipped, f"{command} runs {target}, which the wheel does not contain"
 
 
 def test_wheel_finds_its_own_migrations(wheel, tmp_path):
