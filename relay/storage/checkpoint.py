@@ -18,7 +18,7 @@ copies it twice (the second pass takes what was committed during the
 first) and asks the writer to copy the rest itself between two batches:
 only the single writer can finish a checkpoint with no commit landing in
 between, and its next transaction then restarts the log. That costs the
-writer one short sync (20 to 70 ms on the test machine, most of it the
+writer one short sync (20 to 130 ms on the test machine, most of it the
 disk's flush) every second or two at full load, instead of the long
 stall every few seconds.
 """

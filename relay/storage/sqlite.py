@@ -239,6 +239,7 @@ class SqliteStorage:
             # process exit, because aiosqlite's threads are not daemons.
             reader.stop()
             writer.connection.stop()
+            writer.cancel()
             log.warning("storage_close_cancelled", path=str(self.path))
             raise
         log.info(

@@ -86,7 +86,7 @@ class GroupCommitWriter:
         self.committed_operations = 0
         self.unwritten_messages = 0  # acknowledged before their batch, never written
         self.failed_batch_count = 0
-        self.checkpoints = 0  # finished at the checkpointer's request
+        self.checkpoints = 0  # run at the checkpointer's request
         self.commit_latencies_ms: deque[float] = deque(maxlen=COMMIT_LATENCY_SAMPLES)
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
@@ -118,6 +118,11 @@ class GroupCommitWriter:
             raise StorageUnavailable("storage is closed")
         self._queue.append(operation)
         self._wakeup.set()
+
+    def cancel(self) -> None:
+        """Stop at once: fail every queued operation with StorageUnavailable."""
+        if self._task is not None:
+            self._task.cancel()
 
     async def stop(self) -> None:
         """Refuse new operations, commit those already queued, then return."""
@@ -204,9 +209,8 @@ class GroupCommitWriter:
         return transaction.changes
 
     async def _checkpoint(self) -> None:
-        # Between batches no transaction is open, so the copy ends at the
-        # log's end and the next BEGIN starts the log over. A failure loses
-        # nothing: the pages stay in the log for the next checkpoint.
+        # Between batches the copy can reach the log's end, so the next BEGIN
+        # restarts the log. A running read stops it short, which loses nothing.
         self._checkpoint_requested = False
         try:
             await self._db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
@@ -239,7 +243,10 @@ class GroupCommitWriter:
         """Replace the index with one read from the database."""
         self.index = await MailboxIndex.load(self._db)
         self._index_stale = False
-        log.info("mailbox_index_rebuilt", messages=self.index.message_count)
+        # While writes fail (a full disk) every failed COMMIT leads here, and
+        # the failure log already reports them at a bounded rate.
+        log_rebuilt = log.debug if self.failing else log.info
+        log_rebuilt("mailbox_index_rebuilt", messages=self.index.message_count)
 
     def _apply(self, changes: IndexChanges) -> None:
         self.unwritten_messages += changes.unwritten

@@ -248,6 +248,9 @@ async def test_cancelled_close_still_stops_threads(tmp_path):
             break
         await asyncio.sleep(0.05)
     assert connection_threads() == []
+    await asyncio.sleep(0)
+    writers = [t for t in asyncio.all_tasks() if t.get_name() == "storage-writer"]
+    assert writers == []
 
 
 async def test_closed_storage_refuses_work(tmp_path):
