@@ -153,6 +153,16 @@ class Context:
     def relay_sampler(self) -> ProcessSampler:
         return self.relays[-1].sampler
 
+    def relay_cpu_percent(self, start: float, end: float) -> float:
+        """Return the latest relay's mean CPU between two timeline times."""
+        return round(self.relay_sampler().mean_cpu(start, end), 1)
+
+    def generator_cpu_percent(self, start: float, end: float) -> float | None:
+        """Return this process's mean CPU between two timeline times, if sampled."""
+        if self.generator is None:
+            return None
+        return round(self.generator.mean_cpu(start, end), 1)
+
     @contextmanager
     def progress(
         self, description: str, total: float | None, unit: str

@@ -163,6 +163,10 @@ class Fleet:
         self.on_delivery: Callable[[Phone, str], None] | None = None
         self.ack_pushes_at_once = True
 
+    def outcome(self) -> dict:
+        """Return the fates of the run's messages and the errors seen, for a summary."""
+        return {"ledger": self.ledger.report().as_dict(), "errors": dict(self.errors)}
+
     # --- phones and sockets ------------------------------------------------------
 
     def make_phones(self, identities: Iterable[Identity]) -> list[Phone]:

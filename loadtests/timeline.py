@@ -14,6 +14,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank]
 
 
+def percentile_ms(values: list[float], fraction: float, digits: int = 2) -> float:
+    """Return the percentile of latencies in seconds as rounded milliseconds."""
+    return round(percentile(values, fraction) * 1000, digits)
+
+
 class Timeline:
     """Per-bucket counters and latency samples, keyed by name."""
 

@@ -16,7 +16,7 @@ from loadtests.ceilings import sqlite_insert_rate
 from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet
 from loadtests.target import seed_users
-from loadtests.timeline import percentile
+from loadtests.timeline import percentile_ms
 from loadtests.traffic import (
     ClosedLoop,
     drain,
@@ -77,8 +77,7 @@ async def run(context: Context) -> dict:
         )
         await fleet.connect(recipients)
         figures["drain"] = await _drain(context, fleet, recipients)
-        figures["ledger"] = fleet.ledger.report().as_dict()
-        figures["errors"] = dict(fleet.errors)
+        figures.update(fleet.outcome())
         return figures
     finally:
         fleet.close()
@@ -107,15 +106,14 @@ async def _durable(context, fleet, senders, pick, payload) -> dict:
     queued_times = [f.queued_at for f in fleet.ledger.fates.values() if f.queued_at]
     rate = steady_rate(queued_times)
     ended_at = context.timeline.now()
-    sampler = context.relay_sampler()
     return {
         "messages": loop.sent,
         "queued": len(queued_times),
         "stalled_slots": loop.stalled,
         "queued_per_s": round(rate, 1),
         "in_flight": options.senders * options.send_window,
-        "relay_cpu_percent": round(sampler.mean_cpu(started_at, ended_at), 1),
-        "generator_cpu_percent": _generator_cpu(context, started_at, ended_at),
+        "relay_cpu_percent": context.relay_cpu_percent(started_at, ended_at),
+        "generator_cpu_percent": context.generator_cpu_percent(started_at, ended_at),
     }
 
 
@@ -143,13 +141,11 @@ async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
         "target_rate_per_s": round(rate, 1),
         "sent": sent,
         "answered": len(latencies),
-        "latency_p50_ms": _ms(percentile(latencies, 0.50)),
-        "latency_p95_ms": _ms(percentile(latencies, 0.95)),
-        "latency_p99_ms": _ms(percentile(latencies, 0.99)),
-        "latency_max_ms": _ms(max(latencies, default=float("nan"))),
-        "relay_cpu_percent": round(
-            context.relay_sampler().mean_cpu(started_at, ended_at), 1
-        ),
+        "latency_p50_ms": percentile_ms(latencies, 0.50),
+        "latency_p95_ms": percentile_ms(latencies, 0.95),
+        "latency_p99_ms": percentile_ms(latencies, 0.99),
+        "latency_max_ms": percentile_ms(latencies, 1.0),
+        "relay_cpu_percent": context.relay_cpu_percent(started_at, ended_at),
     }
 
 
@@ -166,17 +162,7 @@ async def _drain(context, fleet, recipients) -> dict:
         "seconds": round(seconds, 2),
         "delivered_per_s": round(delivered / seconds, 1) if seconds else 0.0,
         "poll_bytes": fleet.poll_bytes,
-        "relay_cpu_percent": round(
-            context.relay_sampler().mean_cpu(started_at, context.timeline.now()), 1
+        "relay_cpu_percent": context.relay_cpu_percent(
+            started_at, context.timeline.now()
         ),
     }
-
-
-def _generator_cpu(context: Context, start: float, end: float) -> float | None:
-    if context.generator is None:
-        return None
-    return round(context.generator.mean_cpu(start, end), 1)
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)

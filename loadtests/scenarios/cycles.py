@@ -10,7 +10,7 @@ import time
 
 from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet
-from loadtests.timeline import percentile
+from loadtests.timeline import percentile_ms
 from loadtests.traffic import ClosedLoop, drain, payload_of, settle_answers
 from relay.protocol.constants import AckStatus
 
@@ -60,7 +60,6 @@ async def run(context: Context) -> dict:
         with context.progress("cycles: final poll", None, "msg") as bar:
             await drain(fleet, recipients, 60.0, bar.update)
         latencies = timeline.samples("message_to_delivered", measured_from, ended_at)
-        sampler = context.relay_sampler()
         return {
             "pairs": options.cycle_pairs,
             "window": options.cycle_window,
@@ -68,16 +67,13 @@ async def run(context: Context) -> dict:
             "cycles": cycles,
             "measured_s": round(seconds, 2),
             "stalled_slots": loop.stalled,
-            "push_latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-            "push_latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "relay_cpu_percent": round(sampler.mean_cpu(measured_from, ended_at), 1),
-            "generator_cpu_percent": round(
-                context.generator.mean_cpu(measured_from, ended_at), 1
-            )
-            if context.generator
-            else None,
-            "ledger": fleet.ledger.report().as_dict(),
-            "errors": dict(fleet.errors),
+            "push_latency_p50_ms": percentile_ms(latencies, 0.5),
+            "push_latency_p99_ms": percentile_ms(latencies, 0.99),
+            "relay_cpu_percent": context.relay_cpu_percent(measured_from, ended_at),
+            "generator_cpu_percent": context.generator_cpu_percent(
+                measured_from, ended_at
+            ),
+            **fleet.outcome(),
         }
     finally:
         fleet.close()

@@ -16,7 +16,7 @@ from loadtests.context import Context, make_identities, show_elapsed
 from loadtests.fleet import Fleet, Phone
 from loadtests.scenarios.steady import Pinger
 from loadtests.target import seed_users
-from loadtests.timeline import percentile
+from loadtests.timeline import percentile_ms
 from loadtests.traffic import drain, paced, payload_of, settle_answers
 
 REGISTER_TIMEOUT_S = 60.0
@@ -81,19 +81,16 @@ async def run(context: Context) -> dict:
             "online_fraction": options.mix_online_fraction,
             "offered_rate_per_s": options.mix_rate,
             "sent": sent,
-            "queued_latency_p50_ms": _ms(percentile(queued, 0.5)),
-            "queued_latency_p95_ms": _ms(percentile(queued, 0.95)),
-            "queued_latency_p99_ms": _ms(percentile(queued, 0.99)),
-            "push_latency_p50_ms": _ms(percentile(delivered, 0.5)),
-            "push_latency_p99_ms": _ms(percentile(delivered, 0.99)),
+            "queued_latency_p50_ms": percentile_ms(queued, 0.5),
+            "queued_latency_p95_ms": percentile_ms(queued, 0.95),
+            "queued_latency_p99_ms": percentile_ms(queued, 0.99),
+            "push_latency_p50_ms": percentile_ms(delivered, 0.5),
+            "push_latency_p99_ms": percentile_ms(delivered, 0.99),
             "churn": churn,
             "path_challenges": fleet.events["path_challenge"],
             "drain_s": round(drain_s, 2),
-            "relay_cpu_percent": round(
-                context.relay_sampler().mean_cpu(started_at, ended_at), 1
-            ),
-            "ledger": fleet.ledger.report().as_dict(),
-            "errors": dict(fleet.errors),
+            "relay_cpu_percent": context.relay_cpu_percent(started_at, ended_at),
+            **fleet.outcome(),
         }
     finally:
         pinger.stopped = True
@@ -129,7 +126,3 @@ async def _churn(
             back = dropped.pop(0)
             await fleet.roam_back(back)
             churn["returned"] += 1
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)

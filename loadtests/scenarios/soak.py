@@ -19,7 +19,7 @@ from loadtests.context import Context, make_identities
 from loadtests.fleet import Fleet, Phone
 from loadtests.scenarios.steady import Pinger
 from loadtests.target import seed_users
-from loadtests.timeline import percentile
+from loadtests.timeline import percentile_ms
 from loadtests.traffic import drain, payload_of, settle_answers
 
 REGISTER_TIMEOUT_S = 120.0
@@ -82,15 +82,12 @@ async def run(context: Context) -> dict:
             "phones": len(phones),
             "duration_s": options.soak_duration_s,
             "messages_sent": sent,
-            "queued_latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 2),
-            "queued_latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "queued_latency_p95_ms": percentile_ms(latencies, 0.95),
+            "queued_latency_p99_ms": percentile_ms(latencies, 0.99),
             "churn": churn,
             "memory": memory,
-            "relay_cpu_percent": round(
-                context.relay_sampler().mean_cpu(started_at, ended_at), 1
-            ),
-            "ledger": fleet.ledger.report().as_dict(),
-            "errors": dict(fleet.errors),
+            "relay_cpu_percent": context.relay_cpu_percent(started_at, ended_at),
+            **fleet.outcome(),
         }
     finally:
         pinger.stopped = True

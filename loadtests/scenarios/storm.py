@@ -10,7 +10,7 @@ import time
 from loadtests.context import Context, make_identities
 from loadtests.fleet import Fleet
 from loadtests.target import seed_users
-from loadtests.timeline import percentile
+from loadtests.timeline import percentile_ms
 
 REGISTER_TIMEOUT_S = 60.0
 
@@ -36,7 +36,6 @@ async def run(context: Context) -> dict:
         last = max((p.registered_at for p in registered), default=started)
         latencies = timeline.samples("register")
         seconds = last - started
-        sampler = context.relay_sampler()
         return {
             "phones": len(phones),
             "registered": len(registered),
@@ -46,14 +45,14 @@ async def run(context: Context) -> dict:
             "registrations_per_s": round(len(registered) / seconds, 1)
             if seconds
             else 0,
-            "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
-            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "latency_p50_ms": percentile_ms(latencies, 0.5, digits=1),
+            "latency_p99_ms": percentile_ms(latencies, 0.99, digits=1),
             "handshakes_retransmitted": fleet.events["register_retransmitted"],
             "errors": dict(fleet.errors),
-            "relay_cpu_percent": round(
-                sampler.mean_cpu(started_at, started_at + seconds), 1
+            "relay_cpu_percent": context.relay_cpu_percent(
+                started_at, started_at + seconds
             ),
-            "relay_rss_mib": round(sampler.latest_rss() / 2**20, 1),
+            "relay_rss_mib": round(context.relay_sampler().latest_rss() / 2**20, 1),
         }
     finally:
         fleet.close()
