@@ -49,21 +49,21 @@ class Checkpointer:
 
     The connection is a plain sqlite3 one, used from the loop's default
     executor one checkpoint at a time, so it adds no thread of its own.
-    `finish_checkpoint` asks the writer to finish a checkpoint before its
-    next batch; it is called when the log has passed `restart_pages`.
+    `request_checkpoint` asks the writer for a checkpoint before its next
+    batch. It is called once the log has passed `restart_pages`.
     """
 
     def __init__(
         self,
         connection: sqlite3.Connection,
         commit_count: Callable[[], int],
-        finish_checkpoint: Callable[[], None],
+        request_checkpoint: Callable[[], None],
         interval_s: float = CHECKPOINT_INTERVAL_S,
         restart_pages: int = LOG_RESTART_PAGES,
     ) -> None:
         self._db = connection
         self._commit_count = commit_count
-        self._finish_checkpoint = finish_checkpoint
+        self._request_checkpoint = request_checkpoint
         self.interval_s = interval_s
         self.restart_pages = restart_pages
         self._task: asyncio.Task | None = None
@@ -108,18 +108,19 @@ class Checkpointer:
                 self._record_failure(exc)
 
     async def _copy_log(self) -> None:
+        """Copy the log back, and past restart_pages let the writer restart it."""
         loop = asyncio.get_running_loop()
         log_pages = await loop.run_in_executor(None, self._checkpoint)
         self.checkpoints += 1
         if log_pages >= self.restart_pages:
             await loop.run_in_executor(None, self._checkpoint)
             self.checkpoints += 1
-            self._finish_checkpoint()
+            self._request_checkpoint()
 
     def _checkpoint(self) -> int:
-        """Copy the pages the log contains now; return the log's length in pages."""
+        """Copy the pages the log contains now and return the log's length in pages."""
         row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        # (busy, pages in the log, pages copied); -1 pages when busy.
+        # The row is (busy, pages in the log, pages copied), with -1 pages when busy.
         return max(row[1], 0) if row else 0
 
     def _record_failure(self, exc: Exception) -> None:
@@ -133,13 +134,13 @@ class Checkpointer:
 
 
 def open_checkpointer(
-    path: Path, commit_count: Callable[[], int], finish_checkpoint: Callable[[], None]
+    path: Path, commit_count: Callable[[], int], request_checkpoint: Callable[[], None]
 ) -> Checkpointer:
     """Open the checkpoint connection beside the writer.
 
     commit_count returns the writer's commits: a checkpoint is skipped while
-    the count stays the same. finish_checkpoint is the writer's request
-    for a checkpoint of its own, which lets the log restart.
+    the count stays the same. request_checkpoint asks the writer for a
+    checkpoint of its own, which lets the log restart.
 
     The file is already in WAL mode. The connection is query_only, like the
     read connection: a checkpoint changes no content, and SQLite runs it on
@@ -151,4 +152,4 @@ def open_checkpointer(
     except sqlite3.Error:
         connection.close()
         raise
-    return Checkpointer(connection, commit_count, finish_checkpoint)
+    return Checkpointer(connection, commit_count, request_checkpoint)

@@ -31,9 +31,9 @@ PRAGMA foreign_keys = OFF;
 # (batches of 300 to 1,000 messages of 300 bytes), with the slowest commit
 # near 90 ms instead of 50 ms. The checkpointer (checkpoint.py) now copies
 # pages beside the writer and has the writer restart the log past 12,000
-# pages, so this checkpoint is a backstop for when the checkpointer cannot
-# run (its connection failed to open, or its checkpoints fail): 40,000
-# pages, about 160 MB of log at most.
+# pages. This checkpoint is then a backstop for when the checkpointer cannot
+# run (its connection failed to open, or its checkpoints fail), and 40,000
+# pages are about 160 MB of log at most.
 WAL_AUTOCHECKPOINT_PAGES = 40_000
 
 # Size the WAL file is cut back to when a checkpoint lets the log start over.
