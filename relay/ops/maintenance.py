@@ -331,18 +331,22 @@ class Maintenance:
         # Bounded: each round frees up to INCREMENTAL_VACUUM_PAGES pages, and
         # the relay adds free pages meanwhile only by deleting rows.
         rounds = figures.freelist_count // INCREMENTAL_VACUUM_PAGES + 10
+        shrunk = 0
         for _ in range(rounds):
             if self._pragma("freelist_count") == 0:
                 break
+            # Counted round by round, because the relay's commits in the pauses
+            # may grow the file by more than the vacuum cut off.
+            before = self._pragma("page_count")
             # executescript steps the pragma to its end. Python's execute()
             # stops after the first step, which frees a single page.
             self.connection.executescript(
                 f"PRAGMA incremental_vacuum({INCREMENTAL_VACUUM_PAGES});"
             )
+            shrunk += before - self._pragma("page_count")
             time.sleep(INCREMENTAL_VACUUM_PAUSE_S)
         self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.outcome.done.append("VACUUM")
-        shrunk = figures.page_count - self._pragma("page_count")
         return (
             "incremental vacuum beside the running relay, "
             f"file shorter by {shrunk} pages"
