@@ -112,14 +112,14 @@ class Messaging:
             return
         # The enqueue is queued before the push goes out, so the ACK of the
         # push lands in the same batch or a later one, never an earlier one.
-        pushed = not seen_before and self.push(stored, now)
-        core.follow(future, partial(self._stored, stored, started, pushed))
+        pushed_to = None if seen_before else self.push(stored, now)
+        core.follow(future, partial(self._stored, stored, started, pushed_to))
 
     def _stored(
         self,
         stored: StoredMessage,
         started: float,
-        pushed: bool,
+        pushed_to: Session | None,
         future: asyncio.Future,
     ) -> None:
         core = self.core
@@ -150,9 +150,19 @@ class Messaging:
             duration_ms=round(duration_s * 1000, 3),
         )
         # A repeat is not pushed: its first copy, which wins, may name
-        # another recipient or payload.
-        if stored_now and not pushed:
+        # another recipient or payload. A new message is pushed again when
+        # the recipient registered anew meanwhile: REGISTERED counted the
+        # mailbox before this commit, so the new session would otherwise
+        # learn of the message only from its next PONG.
+        if stored_now and not self._pushed_to_current(stored, pushed_to, now):
             self.push(stored, now)
+
+    def _pushed_to_current(
+        self, stored: StoredMessage, pushed_to: Session | None, now: int
+    ) -> bool:
+        if pushed_to is None:
+            return False
+        return self.core.sessions.of_user(stored.recipient_id, now) is pushed_to
 
     def _answer(self, session: Session, message_id: str, status: AckStatus) -> None:
         self._count(status)
@@ -167,31 +177,31 @@ class Messaging:
         else:
             stats.failed["message"] += 1
 
-    def push(self, stored: StoredMessage, now: int) -> bool:
+    def push(self, stored: StoredMessage, now: int) -> Session | None:
         """Send a message to its recipient now, if it is online and reachable.
 
         A push is a hint: the message stays in the mailbox until acknowledged.
-        Returns whether it was sent.
+        Returns the session it was sent on, or None.
         """
         core = self.core
         if stored.expires_at_ms <= now:
-            return False  # a slow commit outlived a short TTL
+            return None  # a slow commit outlived a short TTL
         recipient = core.sessions.of_user(stored.recipient_id, now)
         if recipient is None or not recipient.validated:
-            return False
+            return None
         if stored.recipient_id in core.erasing:
-            return False  # the message will be answered UNKNOWN_RECIPIENT
+            return None  # the message will be answered UNKNOWN_RECIPIENT
         entry = encode_entry_fields(
             stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload
         )
         if relay_packet_size(len(entry)) > PUSH_DATAGRAM_LIMIT:
-            return False
+            return None
         core.send_session(recipient, PacketType.MESSAGE_DELIVER, entry)
         core.stats.pushes += 1
         log.debug(
             "message_pushed", trace_id=stored.trace_id, user_id=stored.recipient_id
         )
-        return True
+        return recipient
 
     # --- ACK -----------------------------------------------------------------
 

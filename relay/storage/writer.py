@@ -103,6 +103,11 @@ class GroupCommitWriter:
         """Operations submitted and not yet resolved, the running batch included."""
         return len(self._queue) + self._in_flight
 
+    @property
+    def queued_operations(self) -> int:
+        """Operations waiting for the next batch, the running one excluded."""
+        return len(self._queue)
+
     def request_checkpoint(self) -> None:
         """Request a checkpoint before the next batch, so that the log restarts."""
         self._checkpoint_requested = True

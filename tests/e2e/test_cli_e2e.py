@@ -1,5 +1,6 @@
 """The README's two-terminal exchange, run with the real command line."""
 
+import re
 import subprocess
 import sys
 
@@ -8,8 +9,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def client(relay, directory, identity: str, *arguments: str, timeout_s: float = 30):
-    command = [
+def client_command(relay, directory, identity: str, *arguments: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "relay",
@@ -22,6 +23,10 @@ def client(relay, directory, identity: str, *arguments: str, timeout_s: float = 
         f"http://127.0.0.1:{relay.http_port}",
         *arguments,
     ]
+
+
+def client(relay, directory, identity: str, *arguments: str, timeout_s: float = 30):
+    command = client_command(relay, directory, identity, *arguments)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -45,35 +50,29 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
     assert alice_id in received.stdout
 
     # Bob is online: the message is pushed and Alice hears it was delivered.
-    listener = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "client",
-            "--identity",
-            str(tmp_path / "bob.json"),
-            "--relay",
-            f"127.0.0.1:{relay.udp_port}",
-            "--http",
-            f"http://127.0.0.1:{relay.http_port}",
-            "listen",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Stale sessions of the earlier commands still count as live, so the
+    # listener's own line tells when it has registered.
+    listener_log = tmp_path / "listener.log"
+    with listener_log.open("w") as output:
+        listener = subprocess.Popen(
+            client_command(relay, tmp_path, "bob.json", "listen"),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
-        assert relay.wait_for(lambda: relay_sessions(relay) >= 1, 15)
+        assert relay.wait_for(
+            lambda: "waiting for messages" in listener_log.read_text(), 15
+        ), listener_log.read_text()
         sent = client(
             relay, tmp_path, "alice.json", "send", "--wait", "5", card, "live"
         )
         assert sent.returncode == 0, sent.stderr
-        assert "DELIVERED" in sent.stdout
+        assert re.search(r"^message \S+: DELIVERED$", sent.stdout, re.M), sent.stdout
     finally:
         listener.terminate()
-        output, _ = listener.communicate(timeout=15)
-    assert "live" in output
+        listener.wait(timeout=15)
+    assert "live" in listener_log.read_text()
 
 
 def relay_sessions(relay) -> int:

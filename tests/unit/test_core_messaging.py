@@ -1,5 +1,6 @@
 """MESSAGE, push, ACK, POLL and receipts on the socket-free core."""
 
+import asyncio
 import uuid
 
 from relay.client.events import (
@@ -7,6 +8,7 @@ from relay.client.events import (
     MessageAckReceived,
     PollResponseReceived,
     PongReceived,
+    SessionEstablished,
 )
 from relay.protocol.constants import AckStatus
 
@@ -365,3 +367,33 @@ async def test_ack_and_poll_failures_counted(relay):
     await bob.exchange(bob.session.poll())
     assert relay.core.stats.failed["ack"] == 1
     assert relay.core.stats.failed["poll"] == 1
+
+
+async def batch_started(relay) -> None:
+    """Return once the writer has taken everything queued into a running batch."""
+    writer = relay.storage.writer
+    for _ in range(10_000):
+        if writer.pending_operations and not writer.queued_operations:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the writer began no batch")
+
+
+async def test_message_pushed_during_reconnect_reaches_new_session(relay):
+    alice, bob = await registered(relay, 2)
+    # Bob's phone reconnects from a new address, as after a restart of the
+    # app, while its old session still counts as live.
+    new_bob = relay.phone(identity=bob.identity)
+    new_bob.send(new_bob.session.start_register())
+    (challenge,) = new_bob.events()
+    new_bob.send(challenge.register)
+    await batch_started(relay)
+    # The message arrives while the registration's batch commits: the old
+    # session gets the push, and the count in REGISTERED misses it.
+    alice.send(alice.message(bob, b"during the reconnect"))
+    await relay.settle()
+    established, push = new_bob.events()
+    assert isinstance(established, SessionEstablished)
+    # The message commits after the new session opened, which then gets it.
+    assert isinstance(push, EntryPushed)
+    assert push.entry.payload == b"during the reconnect"
