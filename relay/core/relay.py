@@ -180,7 +180,7 @@ class RelayCore:
             self.drop("invalid", "unknown_type")
 
     def tick(self) -> None:
-        """Expire sessions, cookies and idle rate-limit entries; call about once a second."""
+        """Expire sessions, cookies and idle rate-limit entries, about once a second."""
         now = self.clock()
         timed_out = self.sessions.sweep(now)
         self.stats.sessions_timed_out += len(timed_out)

@@ -335,15 +335,7 @@ class Maintenance:
         for _ in range(rounds):
             if self._pragma("freelist_count") == 0:
                 break
-            # Counted round by round, because the relay's commits in the pauses
-            # may grow the file by more than the vacuum cut off.
-            before = self._pragma("page_count")
-            # executescript steps the pragma to its end. Python's execute()
-            # stops after the first step, which frees a single page.
-            self.connection.executescript(
-                f"PRAGMA incremental_vacuum({INCREMENTAL_VACUUM_PAGES});"
-            )
-            shrunk += before - self._pragma("page_count")
+            shrunk += self._incremental_vacuum_round()
             time.sleep(INCREMENTAL_VACUUM_PAUSE_S)
         self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         self.outcome.done.append("VACUUM")
@@ -351,6 +343,29 @@ class Maintenance:
             "incremental vacuum beside the running relay, "
             f"file shorter by {shrunk} pages"
         )
+
+    def _incremental_vacuum_round(self) -> int:
+        """Free up to INCREMENTAL_VACUUM_PAGES pages; return how many the file lost."""
+        # execute() would free a single page; executescript runs the pragma
+        # to its end but returns no rows, so the counts go to a temporary table.
+        # They are taken in the vacuum's own write transaction, because a
+        # relay commit between them may grow the file.
+        self.connection.executescript(
+            f"""
+            BEGIN IMMEDIATE;
+            CREATE TEMP TABLE IF NOT EXISTS vacuum_round (
+                step INTEGER PRIMARY KEY, page_count INTEGER NOT NULL);
+            DELETE FROM temp.vacuum_round;
+            INSERT INTO temp.vacuum_round SELECT 0, page_count FROM pragma_page_count;
+            PRAGMA incremental_vacuum({INCREMENTAL_VACUUM_PAGES});
+            INSERT INTO temp.vacuum_round SELECT 1, page_count FROM pragma_page_count;
+            COMMIT;
+            """
+        )
+        (before, after) = self.connection.execute(
+            "SELECT page_count FROM temp.vacuum_round ORDER BY step"
+        ).fetchall()
+        return before[0] - after[0]
 
     def _count(self, table: str) -> int:
         return self.connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]

@@ -25,7 +25,7 @@ class ReplayWindow:
         return offset < WINDOW_SIZE and not (self.seen >> offset) & 1
 
     def accept(self, counter: int) -> bool:
-        """Record counter and return True, or return False if it is replayed or too old."""
+        """Record counter and return True, or False if it is replayed or too old."""
         highest = self.highest
         if counter > highest:
             shift = counter - highest

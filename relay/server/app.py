@@ -311,7 +311,7 @@ class RelayServer:
     # --- shutdown ----------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Drain, finish the work in flight, commit, close the database, then the sockets.
+        """Drain, finish the work in flight, commit, close the database and sockets.
 
         Every step has its share of SHUTDOWN_TIMEOUT_S. A MESSAGE is answered
         QUEUED only by its own commit, so a write cut off by the deadline is

@@ -1,4 +1,4 @@
-"""The ops API: /health, /metrics and /version, served by uvicorn in the relay's loop."""
+"""The ops API: /health, /metrics and /version, on uvicorn in the relay's loop."""
 
 import time
 from typing import TYPE_CHECKING
