@@ -65,7 +65,7 @@ def test_backup_under_traffic_restores_queued_messages(relay_factory, tmp_path):
     run = command(
         relay.environment, "backup", "--output-dir", str(output), "--include-key"
     )
-    assert relay.wait_for(lambda: len(sender.queued()) >= len(sender.sent) // 2, 5)
+    assert relay.wait_for(lambda: len(sender.queued()) >= len(sender.sent) // 2, 20)
     sender.stop()
     alice.close()
     assert run.returncode == 0, run.stderr
@@ -160,7 +160,7 @@ def test_relay_waits_for_restore_lock(tmp_path):
         assert status == 503
         assert "lock held" in health["reasons"][0]
         lock.release()
-        assert relay.wait_for(lambda: relay.health()[0] == 200, 10)
+        assert relay.wait_for(lambda: relay.health()[0] == 200, 20)
     finally:
         lock.release()
         relay.stop()
@@ -270,11 +270,11 @@ def test_restore_beside_held_relay_after_corruption(relay_factory, tmp_path):
 
     with open(relay.database, "r+b") as file:
         file.write(os.urandom(100))
-    assert relay.wait_for(lambda: relay.health()[0] == 503, 5)
+    assert relay.wait_for(lambda: relay.health()[0] == 503, 20)
 
     hold = relay.database.with_name("yaok_relay.db.hold")
     hold.touch()
-    assert relay.wait_for(lambda: "held" in relay.health()[1]["reasons"][0], 5)
+    assert relay.wait_for(lambda: "held" in relay.health()[1]["reasons"][0], 20)
     refused = command(relay.environment, "restore", str(archive))
     assert refused.returncode == 1
     assert "already exists" in refused.stderr
@@ -287,7 +287,7 @@ def test_restore_beside_held_relay_after_corruption(relay_factory, tmp_path):
     assert (aside / "yaok_relay.db").exists()
     hold.unlink()
 
-    assert relay.wait_for(lambda: relay.health()[0] == 200, 10)
+    assert relay.wait_for(lambda: relay.health()[0] == 200, 20)
     assert relay.pid == pid
     assert relay.events("database_held")
     assert relay.events("database_hold_ended")

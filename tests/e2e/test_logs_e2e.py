@@ -183,7 +183,7 @@ def test_session_limit_logged_once_per_episode(relay_factory):
         phone.send(phone.session.start_register())
         reply = phone.receive_raw()
         assert decode_error(reply[HEADER_SIZE:]).code == ErrorCode.OVERLOADED
-    assert relay.wait_for(lambda: relay.events("session_limit_reached"), 5)
+    assert relay.wait_for(lambda: relay.events("session_limit_reached"), 20)
     time.sleep(1.5)  # more ticks pass while the relay stays full
     (reached,) = relay.events("session_limit_reached")
     assert reached["level"] == "WARN"
@@ -268,7 +268,7 @@ def test_port_in_use_one_line_and_logged(relay, tmp_path):
 
 def test_sigusr1_without_log_file_keeps_serving(relay):
     relay.signal(signal.SIGUSR1)
-    assert relay.wait_for(lambda: relay.events("log_file_reopen_skipped"), 5)
+    assert relay.wait_for(lambda: relay.events("log_file_reopen_skipped"), 20)
     assert relay.http_get("/health")[0] == 200
     assert relay.stop() == 0
 

@@ -80,7 +80,7 @@ def test_corrupt_file_at_start_serves_503_and_retries(relay_factory, tmp_path):
     assert "relay_database_corrupt 1.0" in metrics
 
     # Several retries pass; the ERROR line is not repeated for each one.
-    assert relay.wait_for(lambda: len(relay.events("storage_open_failed")) >= 1, 5)
+    assert relay.wait_for(lambda: len(relay.events("storage_open_failed")) >= 1, 20)
     errors_before = len(error_lines(relay, "storage_open_failed"))
     relay.wait_for(lambda: False, 3)
     assert len(error_lines(relay, "storage_open_failed")) == errors_before == 1
@@ -136,14 +136,14 @@ def test_corruption_while_serving_turns_503(relay_factory, tmp_path, damage):
     with open(relay.database, "r+b") as file:
         file.write(bytes(data))
 
-    assert relay.wait_for(lambda: relay.health()[0] == 503, 5)
+    assert relay.wait_for(lambda: relay.health()[0] == 503, 20)
     status, health = relay.health()
     assert health["database_ok"] is False
     assert "corrupt" in " ".join(health["reasons"])
     assert send_and_wait(alice, bob) == AckStatus.UNAVAILABLE
     assert register_refusal(relay) == ErrorCode.OVERLOADED
     assert relay.http_get("/metrics")[0] == 200
-    assert relay.wait_for(lambda: error_lines(relay, "database_corrupt"), 5)
+    assert relay.wait_for(lambda: error_lines(relay, "database_corrupt"), 20)
     assert relay.pid == pid
     assert relay.returncode == -999
     alice.close()
@@ -264,7 +264,7 @@ def test_old_message_turns_degraded(relay_factory):
     assert send_and_wait(alice, bob) == AckStatus.QUEUED
     assert relay.health()[1]["status"] == "healthy"
 
-    assert relay.wait_for(lambda: relay.health()[1]["status"] == "degraded", 5)
+    assert relay.wait_for(lambda: relay.health()[1]["status"] == "degraded", 20)
     status, health = relay.health()
     assert status == 200
     assert health["oldest_message_age_seconds"] > 1
@@ -287,7 +287,7 @@ def test_old_message_turns_degraded(relay_factory):
 
     bob.register()
     assert len(drain_mailbox(bob)) == 1
-    assert relay.wait_for(lambda: relay.health()[1]["status"] == "healthy", 5)
+    assert relay.wait_for(lambda: relay.health()[1]["status"] == "healthy", 20)
     alice.close()
     bob.close()
 
