@@ -1,13 +1,23 @@
 """The cookie-replay set: what each accepted cookie has already produced."""
 
 from dataclasses import dataclass
+from hashlib import blake2b
+
+# 128 bits: a different REGISTER matching a recorded digest would take a
+# second preimage, and the digest takes a quarter of the signed bytes' memory.
+_DIGEST_SIZE = 16
+
+
+def register_digest(signed_fields: bytes) -> bytes:
+    """Return the digest that distinguishes a retried REGISTER from a different one."""
+    return blake2b(signed_fields, digest_size=_DIGEST_SIZE).digest()
 
 
 @dataclass(slots=True)
 class CookieUse:
     """What a cookie led to: nothing yet, or the exact datagram answered."""
 
-    signed_prefix: bytes  # the REGISTER's first 164 payload bytes
+    digest: bytes  # register_digest() of the REGISTER's signed fields
     expires_at_ms: int
     reply: bytes | None = None  # REGISTERED, or the ERROR that ended the attempt
     session_id: bytes | None = None
@@ -31,12 +41,12 @@ class CookieLedger:
         return self._uses.get(cookie)
 
     def claim(
-        self, cookie: bytes, signed_prefix: bytes, expires_at_ms: int
+        self, cookie: bytes, digest: bytes, expires_at_ms: int
     ) -> CookieUse | None:
         """Record a cookie's first use; return None when the ledger is full."""
         if len(self._uses) >= self.max_entries:
             return None
-        use = self._uses[cookie] = CookieUse(signed_prefix, expires_at_ms)
+        use = self._uses[cookie] = CookieUse(digest, expires_at_ms)
         return use
 
     def release(self, cookie: bytes) -> None:

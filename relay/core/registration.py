@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from relay.core.handshake import CookieUse
+from relay.core.handshake import CookieUse, register_digest
 from relay.core.ratelimit import AddressLimiter, Rate, address_key
 from relay.core.session import Address
 from relay.protocol.codec import (
@@ -131,10 +131,10 @@ class Registrar:
                 ErrorCode.FORBIDDEN, "invalid or expired cookie", data, address, now
             )
             return
-        signed_prefix = data[HEADER_SIZE : HEADER_SIZE + REGISTER_SIGNED_SIZE]
+        digest = register_digest(data[HEADER_SIZE : HEADER_SIZE + REGISTER_SIGNED_SIZE])
         use = core.ledger.get(register.cookie)
         if use is not None:
-            self._repeat(use, register, signed_prefix, data, address, now)
+            self._repeat(use, register, digest, data, address, now)
             return
         key = address_key(address[0])
         if not self.limiter.allow(key, now):
@@ -156,7 +156,7 @@ class Registrar:
             )
             return
         expires_at = int.from_bytes(register.cookie[:8], "big")
-        use = core.ledger.claim(register.cookie, signed_prefix, expires_at)
+        use = core.ledger.claim(register.cookie, digest, expires_at)
         if use is None:
             self._refuse(
                 ErrorCode.OVERLOADED, "relay busy, try another", data, address, now
@@ -168,7 +168,7 @@ class Registrar:
         self,
         use: CookieUse,
         register: Register,
-        signed_prefix: bytes,
+        digest: bytes,
         data: bytes,
         address: Address,
         now: int,
@@ -180,7 +180,7 @@ class Registrar:
         anything else is FORBIDDEN.
         """
         core = self.core
-        same = use.signed_prefix == signed_prefix and verify_ed25519(
+        same = use.digest == digest and verify_ed25519(
             register.ed25519_public,
             register.signature,
             register_signed_message(core.relay_public, data),
