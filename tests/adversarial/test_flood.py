@@ -179,7 +179,7 @@ def _events(phone: UdpPhone) -> list:
 
 def _next_poll_response(phone: UdpPhone):
     while True:
-        event = phone.receive(2.0)
+        event = phone.receive()
         assert event is not None, "no POLL_RESPONSE"
         if isinstance(event, PollResponseReceived):
             return event.response

@@ -11,7 +11,7 @@ from relay.client.identity import Identity
 from relay.client.session import ClientSession
 from relay.protocol.codec import Message
 
-RECEIVE_TIMEOUT_S = 2.0
+RECEIVE_TIMEOUT_S = 5.0
 
 
 class UdpPhone:
