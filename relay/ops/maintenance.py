@@ -19,6 +19,7 @@ file, because each one either only reads or holds the write lock briefly:
   can shrink it online.
 """
 
+import contextlib
 import datetime
 import os
 import sqlite3
@@ -306,12 +307,10 @@ class Maintenance:
         os.environ.setdefault("SQLITE_TMPDIR", str(self.database.parent))
         lock = DatabaseLock(self.database)
         if not self.relay_running:
-            try:
+            # A relay that started since the check keeps the lock, and its
+            # commits wait for the busy timeout while this VACUUM runs.
+            with contextlib.suppress(DatabaseInUse):
                 lock.acquire(exclusive=True)
-            except DatabaseInUse:
-                # A relay started since the check; its commits wait for the
-                # busy timeout while this VACUUM runs.
-                pass
         try:
             self.connection.execute("PRAGMA temp_store = FILE")
             self.connection.execute("PRAGMA auto_vacuum = INCREMENTAL")

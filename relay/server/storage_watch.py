@@ -15,6 +15,7 @@ process keeps answering; removing the hold file opens the database again.
 """
 
 import asyncio
+import contextlib
 import math
 import time
 
@@ -141,10 +142,8 @@ class StorageWatch:
             )
         elif storage.write_failing:
             # The writer logs a failed probe like any failed batch.
-            try:
+            with contextlib.suppress(StorageUnavailable):
                 await storage.probe_write()
-            except StorageUnavailable:
-                pass
 
     def _hold_reason(self) -> str:
         return f"database held for maintenance: remove {self.hold} to resume"

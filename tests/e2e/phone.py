@@ -1,4 +1,4 @@
-"""A blocking UDP phone for end-to-end tests: the reference client session on a real socket.
+"""A blocking UDP phone for end-to-end tests: the client session on a real socket.
 
 It exposes every datagram, so tests can replay, forge and roam.
 """

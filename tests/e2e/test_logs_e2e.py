@@ -1,4 +1,4 @@
-"""The relay's log lines from real runs: format, trace ids, files and lifecycle events."""
+"""The relay's log lines from real runs: format, trace ids, files and lifecycle."""
 
 import json
 import signal
@@ -109,7 +109,7 @@ def test_every_line_parses_for_promtail(relay_factory, tmp_path):
 
 def test_trace_id_follows_message_to_delivery(relay_factory):
     relay = relay_factory(RUST_LOG="debug")
-    alice, bob, message_id = offline_exchange(relay)
+    alice, bob, _ = offline_exchange(relay)
     carol, dave = online_exchange(relay)
     relay.wait_for(lambda: len(relay.events("message_delivered")) == 2)
 

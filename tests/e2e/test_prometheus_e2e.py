@@ -1,4 +1,4 @@
-"""The Prometheus assets against the real tools and a real Prometheus scraping the relay."""
+"""The Prometheus assets, checked by promtool and a Prometheus scraping the relay."""
 
 import json
 import re

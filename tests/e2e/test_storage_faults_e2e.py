@@ -137,7 +137,7 @@ def test_corruption_while_serving_turns_503(relay_factory, tmp_path, damage):
         file.write(bytes(data))
 
     assert relay.wait_for(lambda: relay.health()[0] == 503, 20)
-    status, health = relay.health()
+    _, health = relay.health()
     assert health["database_ok"] is False
     assert "corrupt" in " ".join(health["reasons"])
     assert send_and_wait(alice, bob) == AckStatus.UNAVAILABLE

@@ -158,8 +158,9 @@ def wait_for_queued(senders: list[Sender], count: int, timeout_s: float = 30.0) 
     deadline = time.monotonic() + timeout_s
     while total_queued(senders) < count:
         if time.monotonic() > deadline:
+            queued = total_queued(senders)
             raise AssertionError(
-                f"only {total_queued(senders)} of {count} messages QUEUED in {timeout_s} s"
+                f"only {queued} of {count} messages QUEUED in {timeout_s} s"
             )
         time.sleep(0.02)
 

@@ -291,7 +291,7 @@ def test_cipher_cache_keeps_only_newest_sessions():
 def test_cipher_cache_rebuilds_same_keys():
     cache = CipherCache(max_sessions=1)
     session = _session("user", 1)
-    inbound, outbound = cache.build(session)
+    _, outbound = cache.build(session)
     sealed = outbound.encrypt(bytes(12), b"body", b"")
     cache.build(_session("other", 2))
     assert session.ciphers is None

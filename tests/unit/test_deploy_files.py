@@ -1,4 +1,4 @@
-"""fly.toml, the Dockerfile and the wheel it builds, checked against the README and setup."""
+"""fly.toml, the Dockerfile and its wheel, checked against the README and setup."""
 
 import configparser
 import re
@@ -132,7 +132,7 @@ def test_docker_python_version_matches_setup():
 
 
 def test_docker_installs_package_like_setup():
-    """Both install the one package from pyproject.toml with pip; the image takes no extras."""
+    """Both install the one package from pyproject.toml with pip, without extras."""
     assert instructions("RUN", "build") == ["pip wheel . --no-deps --wheel-dir /wheels"]
     installs = [r for r in instructions("RUN", "runtime") if "pip install" in r]
     assert installs == ["pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels"]

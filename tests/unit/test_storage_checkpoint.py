@@ -1,6 +1,7 @@
 """WAL checkpoints beside the group-commit writer, on a real SQLite file."""
 
 import asyncio
+import itertools
 import sqlite3
 import sys
 import time
@@ -76,7 +77,7 @@ async def test_log_restarts_while_writes_never_pause(tmp_path):
     assert store._writer.checkpoints >= 1
     # The log starts over from frame 1 instead of growing toward the writer's
     # automatic checkpoint at 40,000 pages.
-    restarts = sum(1 for a, b in zip(lengths, lengths[1:]) if b < a)
+    restarts = sum(1 for a, b in itertools.pairwise(lengths) if b < a)
     assert restarts >= 1
 
 
