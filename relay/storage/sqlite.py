@@ -15,6 +15,7 @@ more is acknowledged into a file that must be restored from a backup.
 import asyncio
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
@@ -139,6 +140,9 @@ class SqliteStorage:
         self._read_error_at_ms: int | None = None
         self._read_corruption: str | None = None
         self.open_error: str | None = "not opened yet"
+        # The mailboxes as they were when the database was last closed, so
+        # that /health still reports them while it is held for maintenance.
+        self._closed_stats = StorageStats(0, None, 0)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -257,6 +261,7 @@ class SqliteStorage:
         naming reason.
         """
         await self.close()
+        self._closed_stats = replace(self.stats(), pending_writes=0)
         self._writer = None
         self._reader = None
         self._closed = False
@@ -466,7 +471,7 @@ class SqliteStorage:
     def stats(self) -> StorageStats:
         writer = self._writer
         if writer is None:
-            return StorageStats(0, None, 0)
+            return self._closed_stats
         return StorageStats(
             queue_size=writer.index.message_count,
             oldest_received_at_ms=writer.index.oldest_received_at_ms(),

@@ -677,3 +677,13 @@ async def test_ack_in_same_batch_survives_reopen(tmp_path):
     assert await reopened.enqueue(sent) is AckStatus.DELIVERED
     assert reopened.pending_count(bob, NOW + 1) == 0
     await reopened.close()
+
+
+async def test_stats_kept_while_suspended(storage, alice, bob):
+    await storage.enqueue(message(alice, bob, received_at_ms=NOW + 5))
+    await storage.enqueue(message(bob, alice, received_at_ms=NOW + 3))
+    await storage.suspend("held for maintenance")
+    stats = storage.stats()
+    assert stats.queue_size == 2
+    assert stats.oldest_received_at_ms == NOW + 3
+    assert stats.pending_writes == 0
