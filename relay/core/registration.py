@@ -109,8 +109,7 @@ class Registrar:
                 ErrorCode.OVERLOADED, "relay full, try another", data, address, now
             )
             return
-        if not core.replies.allow(address_key(address[0]), now):
-            core.stats.dropped["reply_rate"] += 1
+        if not core.reply_allowed(address, now):
             return
         cookie = core.cookies.mint(
             address, register.user_id.encode(), register.ce_public, now
@@ -189,6 +188,10 @@ class Registrar:
             core.stats.dropped["register_in_progress"] += 1
             return
         if same and self._reply_still_valid(use, now):
+            # The stored reply goes to an address no session has validated,
+            # so it counts against the per-address reply limit.
+            if not core.reply_allowed(address, now):
+                return
             core.send(use.reply, address)
             core.stats.succeeded["register"] += 1
             return

@@ -314,8 +314,7 @@ class RelayCore:
         Returns the datagram sent, or b"" when the reply limit or the size
         rule kept it back.
         """
-        if not self.replies.allow(address_key(address[0]), now_ms):
-            self.stats.dropped["reply_rate"] += 1
+        if not self.reply_allowed(address, now_ms):
             return b""
         datagram = encode_error_datagram(code, echo, text, received_size)
         if datagram:
@@ -323,6 +322,13 @@ class RelayCore:
         else:
             self.stats.dropped["error_too_large"] += 1
         return datagram
+
+    def reply_allowed(self, address: Address, now_ms: int) -> bool:
+        """Take a token of the address's plain-reply limit; count a refusal."""
+        if self.replies.allow(address_key(address[0]), now_ms):
+            return True
+        self.stats.dropped["reply_rate"] += 1
+        return False
 
     def send_session(
         self, session: Session, packet_type: int, body: bytes, exempt: bool = False

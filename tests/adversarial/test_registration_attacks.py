@@ -6,6 +6,7 @@ ce_public, and opens no session.
 
 import os
 import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -182,6 +183,61 @@ def test_cookie_reuse_after_its_session(relay, attempts):
     assert newer_registered[1] == PacketType.REGISTERED
     attempt.refused(signed, ErrorCode.FORBIDDEN)
     figures["cookie_reuse_after_session_forbidden"] = True
+
+
+# The per-address reply limit at its defaults: a burst of 100, then 100 a
+# second.
+REPLY_BURST = 100
+REPLIES_PER_S = 100
+REPEATS = 3000
+
+
+@pytest.mark.parametrize(
+    ("outcome", "owner_host", "flood_host"),
+    [
+        ("REGISTERED", "127.0.0.91", "127.0.0.91"),
+        ("KEY_CONFLICT", "127.0.0.92", "127.0.0.93"),
+    ],
+)
+def test_register_repeats_within_reply_rate(
+    relay, attempts, outcome, owner_host, flood_host
+):
+    """A spent REGISTER sent again and again gets replies within the reply limit."""
+    # Each case floods from an address whose buckets no earlier test used.
+    owner = attempts(host=owner_host)
+
+    if outcome == "REGISTERED":
+        attempt = owner
+    else:
+        owner.exchange(owner.signed(owner.cookie()))
+        impostor = Identity(
+            owner.identity.user_id,
+            Ed25519PrivateKey.generate(),
+            X25519PrivateKey.generate(),
+        )
+        attempt = attempts(identity=impostor, host=flood_host)
+
+    signed = attempt.signed(attempt.cookie())
+    (first,) = attempt.exchange(signed)
+    if outcome == "REGISTERED":
+        assert first[1] == PacketType.REGISTERED
+    else:
+        assert error_code(first) == ErrorCode.KEY_CONFLICT
+
+    started = time.monotonic()
+    for _ in range(REPEATS):
+        attempt.send(signed)
+    replies = receive_all(attempt.socket, quiet_s=0.3)
+    elapsed = time.monotonic() - started
+
+    answers = len(replies)
+    assert set(replies) == {first}
+    assert answers <= REPLY_BURST + REPLIES_PER_S * elapsed + 1, (answers, elapsed)
+    figures[f"repeated_{outcome.lower()}_answers"] = {
+        "datagrams_sent": REPEATS,
+        "answers": answers,
+        "seconds": round(elapsed, 2),
+    }
 
 
 # --- signatures -------------------------------------------------------------------
