@@ -4,7 +4,9 @@ Before a source address has returned a valid cookie the relay spends one
 HMAC on it and nothing else: no public-key work and no storage write.
 """
 
+import asyncio
 import os
+from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
@@ -39,7 +41,7 @@ from relay.protocol.crypto import (
     x25519_public_bytes,
 )
 from relay.protocol.packets import seal_registered
-from relay.storage.base import StorageUnavailable
+from relay.storage.base import Registration, StorageUnavailable
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -161,7 +163,19 @@ class Registrar:
                 ErrorCode.OVERLOADED, "relay busy, try another", data, address, now
             )
             return
-        core.spawn(self._complete(register, use, data, address))
+        try:
+            future = core.storage.submit_register(
+                register.user_id,
+                register.ed25519_public,
+                register.x25519_public,
+                now,
+            )
+        except StorageUnavailable as exc:
+            self._storage_unavailable(exc, register, data, address)
+            return
+        # A callback instead of a task: a registration storm keeps thousands
+        # of these waiting at once, and a task costs about 1 KiB more.
+        core.follow(future, partial(self._complete, register, use, data, address))
 
     def _repeat(
         self,
@@ -225,31 +239,24 @@ class Registrar:
 
     # --- completion, after the registry has answered -----------------------------
 
-    async def _complete(
-        self, register: Register, use: CookieUse, data: bytes, address: Address
+    def _complete(
+        self,
+        register: Register,
+        use: CookieUse,
+        data: bytes,
+        address: Address,
+        future: "asyncio.Future[Registration]",
     ) -> None:
         core = self.core
-        try:
-            outcome = await core.storage.register_user(
-                register.user_id,
-                register.ed25519_public,
-                register.x25519_public,
-                core.clock(),
-            )
-        except StorageUnavailable as exc:
-            # The phone tries another relay. The cookie is released, so a
-            # retry here is decided afresh once storage works again.
-            core.ledger.release(register.cookie)
-            core.storage_failed(exc, user_id=register.user_id)
-            self._refuse(
-                ErrorCode.OVERLOADED,
-                "relay storage unavailable, try another",
-                data,
-                address,
-                core.clock(),
-                counted_as="storage_unavailable",
-            )
+        if future.cancelled():
             return
+        error = future.exception()
+        if isinstance(error, StorageUnavailable):
+            self._storage_unavailable(error, register, data, address)
+            return
+        if error is not None:
+            raise error
+        outcome = future.result()
         now = core.clock()
         if outcome.key_conflict:
             log.info("key_conflict", user_id=register.user_id)
@@ -268,6 +275,27 @@ class Registrar:
         if not use.reply:
             # Nothing went out, so a retry must be decided afresh.
             core.ledger.release(register.cookie)
+
+    def _storage_unavailable(
+        self,
+        error: StorageUnavailable,
+        register: Register,
+        data: bytes,
+        address: Address,
+    ) -> None:
+        # The phone tries another relay. The cookie is released, so a retry
+        # here is decided afresh once storage works again.
+        core = self.core
+        core.ledger.release(register.cookie)
+        core.storage_failed(error, user_id=register.user_id)
+        self._refuse(
+            ErrorCode.OVERLOADED,
+            "relay storage unavailable, try another",
+            data,
+            address,
+            core.clock(),
+            counted_as="storage_unavailable",
+        )
 
     def _open_session(
         self, register: Register, address: Address, pending: int, now: int

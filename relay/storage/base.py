@@ -128,6 +128,14 @@ class Storage(Protocol):
         a DELIVERED receipt. Pairs not in that mailbox are ignored.
         """
 
+    def submit_register(
+        self, user_id: str, ed25519_public: bytes, x25519_public: bytes, now_ms: int
+    ) -> "asyncio.Future[Registration]":
+        """Queue `register_user` now; return the future of its outcome.
+
+        Raises StorageUnavailable at once when storage is closed.
+        """
+
     def submit_enqueue(self, message: StoredMessage) -> "asyncio.Future[Enqueued]":
         """Queue `enqueue` now; return the future of its status and admission.
 

@@ -278,6 +278,13 @@ class SqliteStorage:
     async def register_user(
         self, user_id: str, ed25519_public: bytes, x25519_public: bytes, now_ms: int
     ) -> Registration:
+        return await self.submit_register(
+            user_id, ed25519_public, x25519_public, now_ms
+        )
+
+    def submit_register(
+        self, user_id: str, ed25519_public: bytes, x25519_public: bytes, now_ms: int
+    ) -> "asyncio.Future[Registration]":
         operation = RegisterUser(
             self._new_future(),
             user_id,
@@ -285,7 +292,7 @@ class SqliteStorage:
             bytes(x25519_public),
             now_ms,
         )
-        return await self._submit(operation)
+        return self._submit(operation)
 
     async def enqueue(self, message: StoredMessage) -> AckStatus:
         return (await self.submit_enqueue(message)).status
