@@ -125,7 +125,7 @@ class LegitTraffic:
         index, role = key
         sender, recipient = self.pairs[index]
         phone = sender if role == "sender" else recipient
-        for event in _events(phone):
+        for event in phone.waiting_events():
             if (
                 isinstance(event, MessageAckReceived)
                 and event.status == AckStatus.QUEUED
@@ -163,18 +163,6 @@ class LegitTraffic:
         for pair in self.pairs:
             for phone in pair:
                 phone.close()
-
-
-def _events(phone: UdpPhone) -> list:
-    events = []
-    while True:
-        try:
-            data = phone.socket.recv(70_000)
-        except BlockingIOError:
-            return events
-        event = phone.session.receive(data)
-        if event is not None:
-            events.append(event)
 
 
 def _next_poll_response(phone: UdpPhone):

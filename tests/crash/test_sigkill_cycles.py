@@ -147,12 +147,7 @@ class Traffic:
             self.ledger.sent += 1
 
     def _handle(self, phone, cycle: int) -> None:
-        while True:
-            try:
-                data = phone.socket.recv(70_000)
-            except BlockingIOError:
-                return
-            event = phone.session.receive(data)
+        for event in phone.waiting_events():
             if phone is self.alice and isinstance(event, MessageAckReceived):
                 resent = event.message_id in self.resent_after_receipt
                 self.ledger.on_ack(event, cycle, resent)

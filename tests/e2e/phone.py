@@ -55,6 +55,18 @@ class UdpPhone:
             return None
         return data
 
+    def waiting_events(self) -> list:
+        """Return the events of the datagrams already waiting, without blocking."""
+        events = []
+        while True:
+            try:
+                data = self.socket.recv(70_000, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return events
+            event = self.session.receive(data)
+            if event is not None:
+                events.append(event)
+
     def receive(self, timeout_s: float = RECEIVE_TIMEOUT_S):
         """Return the next event the session accepts, or None on timeout."""
         while True:

@@ -51,19 +51,9 @@ def drain(phones: list[UdpPhone], quiet_s: float = 0.05, limit_s: float = 5.0):
             if not ready:
                 break
             for key, _ in ready:
-                events.extend(_read_all(key.data))
+                phone = key.data
+                events.extend((phone, event) for event in phone.waiting_events())
     return events
-
-
-def _read_all(phone: UdpPhone):
-    while True:
-        try:
-            data = phone.socket.recv(70_000)
-        except BlockingIOError:
-            return
-        event = phone.session.receive(data)
-        if event is not None:
-            yield phone, event
 
 
 class MessageTracker:
