@@ -51,7 +51,7 @@ def test_two_clients_exchange_through_relay(relay, tmp_path):
 
     # Bob is online: the message is pushed and Alice hears it was delivered.
     # Stale sessions of the earlier commands still count as live, so the
-    # listener's own line tells when it has registered.
+    # listener's own line shows when it has registered.
     listener_log = tmp_path / "listener.log"
     with listener_log.open("w") as output:
         listener = subprocess.Popen(
