@@ -256,7 +256,7 @@ class RelayCore:
         try:
             callback(future)
         except Exception:
-            log.exception("request_failed")
+            self._request_failed()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(work))
@@ -285,8 +285,12 @@ class RelayCore:
         except StorageUnavailable as exc:
             self.storage_failed(exc)
         except Exception:
-            if (held_back := self._log_throttle.allow("request")) is not None:
-                log.exception("request_failed", held_back=held_back)
+            self._request_failed()
+
+    def _request_failed(self) -> None:
+        """Log the exception being handled, at a bounded rate."""
+        if (held_back := self._log_throttle.allow("request")) is not None:
+            log.exception("request_failed", held_back=held_back)
 
     def drop(self, type_name: str, reason: str) -> None:
         self.stats.requests[type_name] += 1

@@ -1,8 +1,11 @@
 """Session packets on the socket-free core: window, tags, roaming, ending, draining."""
 
+import asyncio
 import os
 import random
 import uuid
+
+import structlog.testing
 
 from relay.client.events import (
     DrainingReceived,
@@ -297,3 +300,19 @@ def test_cipher_cache_rebuilds_same_keys():
     assert session.ciphers is None
     _, rebuilt = cache.build(session)
     assert rebuilt.encrypt(bytes(12), b"body", b"") == sealed
+
+
+async def test_failing_callbacks_logged_at_bounded_rate(relay):
+    def fail(future) -> None:
+        raise RuntimeError("a bug in a completion")
+
+    loop = asyncio.get_running_loop()
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            future = loop.create_future()
+            relay.core.follow(future, fail)
+            future.set_result(None)
+        await relay.settle()
+    failures = [line for line in logs if line["event"] == "request_failed"]
+    assert len(failures) == 1
+    assert relay.core._tasks == set()
