@@ -224,6 +224,11 @@ class RelayCore:
             sizes[name] = (len(limiter), limiter.max_entries)
         return sizes
 
+    @property
+    def requests_in_flight(self) -> int:
+        """Count the requests waiting for storage or for a task to finish."""
+        return len(self._tasks)
+
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait for storage work in flight; return False if some is still running."""
         pending = set(self._tasks)

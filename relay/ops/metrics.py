@@ -237,6 +237,11 @@ class RelayCollector:
             "Messages waiting in all mailboxes.",
             storage_stats.queue_size,
         )
+        yield _gauge(
+            "relay_requests_in_flight",
+            "Requests waiting for storage (MESSAGE, ACK, POLL, REGISTER, erasure).",
+            self.core.requests_in_flight,
+        )
         yield _counter(
             "relay_registrations", "Sessions opened by REGISTER.", stats.registrations
         )
