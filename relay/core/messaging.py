@@ -149,11 +149,10 @@ class Messaging:
             status=status.name,
             duration_ms=round(duration_s * 1000, 3),
         )
-        # A repeat is not pushed: its first copy, which wins, may name
-        # another recipient or payload. A new message is pushed again when
-        # the recipient registered anew meanwhile: REGISTERED counted the
-        # mailbox before this commit, so the new session would otherwise
-        # learn of the message only from its next PONG.
+        # A repeat is not pushed, because its first copy, which wins, may name
+        # another recipient or payload. A new message is pushed again if the
+        # recipient registered anew meanwhile, because that REGISTERED counted
+        # the mailbox before this commit.
         if stored_now and not self._pushed_to_current(stored, pushed_to, now):
             self.push(stored, now)
 
@@ -190,7 +189,7 @@ class Messaging:
         if recipient is None or not recipient.validated:
             return None
         if stored.recipient_id in core.erasing:
-            return None  # the message will be answered UNKNOWN_RECIPIENT
+            return None  # the sender will get UNKNOWN_RECIPIENT
         entry = encode_entry_fields(
             stored.message_id, stored.sender_id, stored.received_at_ms, stored.payload
         )

@@ -333,7 +333,7 @@ class RelayCore:
         return datagram
 
     def reply_allowed(self, address: Address, now_ms: int) -> bool:
-        """Take a token of the address's plain-reply limit; count a refusal."""
+        """Return whether a plain reply may go to address, taking a token if so."""
         if self.replies.allow(address_key(address[0]), now_ms):
             return True
         self.stats.dropped["reply_rate"] += 1

@@ -344,11 +344,11 @@ class Maintenance:
         )
 
     def _incremental_vacuum_round(self) -> int:
-        """Free up to INCREMENTAL_VACUUM_PAGES pages; return how many the file lost."""
-        # execute() would free a single page; executescript runs the pragma
-        # to its end but returns no rows, so the counts go to a temporary table.
-        # They are taken in the vacuum's own write transaction, because a
-        # relay commit between them may grow the file.
+        """Free up to INCREMENTAL_VACUUM_PAGES pages and return the pages cut off."""
+        # Only executescript runs the pragma to its end (execute() frees one
+        # page), and a script returns no rows, so the counts go to a temporary
+        # table. Both are taken inside the vacuum's write transaction, because
+        # a relay commit between them may grow the file.
         self.connection.executescript(
             f"""
             BEGIN IMMEDIATE;
