@@ -1,11 +1,13 @@
 """SQL of one group-commit batch, run inside the transaction the writer opened.
 
-Each step is set-based: one statement covers every operation of its kind
-in the batch, so the round trips to the database thread do not grow with
-the batch size. Rows are inserted with multi-row VALUES statements, not
-executemany: executemany gives up the GIL for every row and must take it
-back from the event loop, which while busy keeps it for up to the switch
-interval, so each row of a batch could wait that long.
+The batch runs whole on the write connection's thread, from BEGIN to
+COMMIT, with the connection's plain sqlite3 calls. Each step is
+set-based: one statement covers every operation of its kind in the
+batch, so the statements per batch do not grow with its size. Rows are
+inserted with multi-row VALUES statements, not executemany. executemany
+gives up the GIL for every row and must take it back from the event
+loop, which while busy keeps it for up to the switch interval. So each
+row of a batch could wait that long.
 
 A step that needs more bound variables than one statement of the SQLite
 library accepts (250,000 in Debian 12's build, 32,766 by default since
@@ -15,9 +17,8 @@ The writer is the only writer of the file, so a select followed by a write
 in the same transaction decides atomically.
 """
 
+import sqlite3
 from collections.abc import Iterator, Sequence
-
-import aiosqlite
 
 from relay.protocol.constants import AckStatus
 from relay.storage.base import Quotas, Receipt, StoredMessage, Sweep
@@ -137,7 +138,7 @@ class BatchTransaction:
 
     def __init__(
         self,
-        connection: aiosqlite.Connection,
+        connection: sqlite3.Connection,
         index: MailboxIndex,
         quotas: Quotas,
         max_variables: int,
@@ -148,7 +149,7 @@ class BatchTransaction:
         self._max_variables = max_variables
         self.changes = IndexChanges()
 
-    async def run(self, operations: Sequence[WriteOperation]) -> None:
+    def run(self, operations: Sequence[WriteOperation]) -> None:
         """Run the operations and fill in their outcomes, without committing.
 
         Registrations run first, so that a message to a user registering in
@@ -163,27 +164,27 @@ class BatchTransaction:
             operations
         )
         if registrations:
-            await self._register(registrations)
+            self._register(registrations)
         admitted: dict[tuple[str, str, str], EnqueueMessage] = {}
         if enqueues:
-            admitted = await self._enqueue(enqueues)
+            admitted = self._enqueue(enqueues)
         if acknowledgements:
-            await self._acknowledge(acknowledgements, admitted)
+            self._acknowledge(acknowledgements, admitted)
         if admitted:
-            await self._insert([op.message for op in admitted.values()])
+            self._insert([op.message for op in admitted.values()])
         for sweep in sweeps:
-            await self._sweep(sweep)
+            self._sweep(sweep)
         for erasure in erasures:
-            await self._erase(erasure)
+            self._erase(erasure)
         if probes:
-            await self._db.execute(_INSERT_PROBE, _PROBE_KEY)
-            await self._db.execute(_DELETE_PROBE, _PROBE_KEY)
+            self._db.execute(_INSERT_PROBE, _PROBE_KEY)
+            self._db.execute(_DELETE_PROBE, _PROBE_KEY)
 
     # --- registrations ---------------------------------------------------------------
 
-    async def _register(self, operations: list[RegisterUser]) -> None:
+    def _register(self, operations: list[RegisterUser]) -> None:
         user_ids = list(dict.fromkeys(op.user_id for op in operations))
-        bound = await self._bound_keys(user_ids)
+        bound = self._bound_keys(user_ids)
         rows: dict[str, tuple] = {}
         for op in operations:
             key = bound.setdefault(op.user_id, op.ed25519_public)
@@ -201,9 +202,9 @@ class BatchTransaction:
                 op.now_ms,
             )
         if rows:
-            await self._db.executemany(_UPSERT_USER, list(rows.values()))
+            self._db.executemany(_UPSERT_USER, list(rows.values()))
 
-    async def _bound_keys(self, user_ids: list[str]) -> dict[str, bytes]:
+    def _bound_keys(self, user_ids: list[str]) -> dict[str, bytes]:
         """Return the Ed25519 key of each of these users already registered."""
         bound = {}
         for chunk in _chunks(user_ids, self._rows_per_statement(1)):
@@ -211,13 +212,13 @@ class BatchTransaction:
                 "SELECT user_id, ed25519_public FROM users "
                 f"WHERE user_id IN (VALUES {_placeholders(len(chunk), 1)})"
             )
-            for user_id, key in await self._db.execute_fetchall(sql, chunk):
+            for user_id, key in self._db.execute(sql, chunk).fetchall():
                 bound[user_id] = key
         return bound
 
     # --- enqueues --------------------------------------------------------------------
 
-    async def _enqueue(
+    def _enqueue(
         self, operations: list[EnqueueMessage]
     ) -> dict[tuple[str, str, str], EnqueueMessage]:
         """Decide each message's status; return the admitted ones, not yet inserted.
@@ -235,7 +236,7 @@ class BatchTransaction:
             if first is not op:
                 copies.append((op, first))
 
-        found = await self._look_up([op.message for op in firsts.values()])
+        found = self._look_up([op.message for op in firsts.values()])
         quota = QuotaCheck(self._index, self._quotas)
         admitted = {}
         for key, op in firsts.items():
@@ -257,11 +258,11 @@ class BatchTransaction:
             copy.status = first.status
         return admitted
 
-    async def _insert(self, messages: list[StoredMessage]) -> None:
-        await self._insert_rows(_INSERT_MESSAGES, [_message_row(m) for m in messages])
+    def _insert(self, messages: list[StoredMessage]) -> None:
+        self._insert_rows(_INSERT_MESSAGES, [_message_row(m) for m in messages])
         self.changes.added.extend(_summary(m) for m in messages)
 
-    async def _look_up(
+    def _look_up(
         self, messages: list[StoredMessage]
     ) -> dict[tuple[str, str], tuple[int | None, int | None, bool]]:
         """Return what the database has of each duplicate or unknown recipient.
@@ -274,14 +275,14 @@ class BatchTransaction:
         triples = [(m.sender_id, m.message_id, m.recipient_id) for m in messages]
         for chunk in _chunks(triples, self._rows_per_statement(3)):
             sql = _LOOK_UP_MESSAGES.format(rows=_placeholders(len(chunk), 3))
-            rows = await self._db.execute_fetchall(sql, _flatten(chunk))
+            rows = self._db.execute(sql, _flatten(chunk)).fetchall()
             for sender_id, message_id, expiry, status, recipient_known in rows:
                 found[sender_id, message_id] = (expiry, status, bool(recipient_known))
         return found
 
     # --- acknowledgements ------------------------------------------------------------
 
-    async def _acknowledge(
+    def _acknowledge(
         self,
         operations: list[AcknowledgeMessages],
         admitted: dict[tuple[str, str, str], EnqueueMessage],
@@ -300,7 +301,7 @@ class BatchTransaction:
         unwritten = {key: admitted.pop(key) for key in named if key in admitted}
         self.changes.unwritten += len(unwritten)
         stored = [key for key in named if key not in unwritten]
-        deleted = await self._delete_acknowledged(stored) if stored else {}
+        deleted = self._delete_acknowledged(stored) if stored else {}
         records = []
         # Operations in batch order, so the first ACK naming a message gets it.
         for op in operations:
@@ -327,9 +328,9 @@ class BatchTransaction:
                     Receipt(sender_id, message_id, trace_id, summary.received_at_ms)
                 )
         if records:
-            await self._insert_rows(_RECORD_OUTCOMES, records)
+            self._insert_rows(_RECORD_OUTCOMES, records)
 
-    async def _delete_acknowledged(
+    def _delete_acknowledged(
         self, triples: list[tuple[str, str, str]]
     ) -> dict[tuple[str, str, str], tuple[MessageSummary, str]]:
         """Delete the named messages from their recipients' mailboxes.
@@ -340,9 +341,8 @@ class BatchTransaction:
         deleted = {}
         for chunk in _chunks(triples, self._rows_per_statement(3)):
             sql = _DELETE_ACKNOWLEDGED.format(rows=_placeholders(len(chunk), 3))
-            for message_id, trace_id, *columns in await self._db.execute_fetchall(
-                sql, _flatten(chunk)
-            ):
+            rows = self._db.execute(sql, _flatten(chunk)).fetchall()
+            for message_id, trace_id, *columns in rows:
                 summary = MessageSummary._make(columns)
                 key = (summary.recipient_id, summary.sender_id, message_id)
                 deleted[key] = (summary, trace_id)
@@ -350,34 +350,32 @@ class BatchTransaction:
 
     # --- sweeps and erasures ---------------------------------------------------------
 
-    async def _sweep(self, op: SweepExpired) -> None:
+    def _sweep(self, op: SweepExpired) -> None:
         cutoff_ms = op.now_ms - op.dedup_window_ms
-        purge = await self._db.execute(_PURGE_DEDUP_RECORDS, (cutoff_ms,))
-        await self._db.execute(_RECORD_EXPIRED, (_STATUS_EXPIRED, op.now_ms, op.now_ms))
-        rows = await self._db.execute_fetchall(_DELETE_EXPIRED, (op.now_ms,))
+        purge = self._db.execute(_PURGE_DEDUP_RECORDS, (cutoff_ms,))
+        self._db.execute(_RECORD_EXPIRED, (_STATUS_EXPIRED, op.now_ms, op.now_ms))
+        rows = self._db.execute(_DELETE_EXPIRED, (op.now_ms,)).fetchall()
         self.changes.removed.extend(MessageSummary._make(row) for row in rows)
         op.outcome = Sweep(
             expired_messages=len(rows), purged_dedup_records=purge.rowcount
         )
 
-    async def _erase(self, op: EraseUser) -> None:
+    def _erase(self, op: EraseUser) -> None:
         user = (op.user_id,)
-        await self._db.execute("DELETE FROM users WHERE user_id = ?", user)
-        await self._db.execute(
-            "DELETE FROM mailbox_messages WHERE recipient_id = ?", user
-        )
-        await self._db.execute("DELETE FROM dedup_records WHERE sender_id = ?", user)
+        self._db.execute("DELETE FROM users WHERE user_id = ?", user)
+        self._db.execute("DELETE FROM mailbox_messages WHERE recipient_id = ?", user)
+        self._db.execute("DELETE FROM dedup_records WHERE sender_id = ?", user)
         self.changes.dropped.append(op.user_id)
 
     def _rows_per_statement(self, width: int) -> int:
         return max(1, self._max_variables // width)
 
-    async def _insert_rows(self, template: str, rows: list[tuple]) -> None:
+    def _insert_rows(self, template: str, rows: list[tuple]) -> None:
         """Insert rows with as few multi-row statements as the variable limit allows."""
         width = len(rows[0])
         for chunk in _chunks(rows, self._rows_per_statement(width)):
             sql = template.format(rows=_placeholders(len(chunk), width))
-            await self._db.execute(sql, _flatten(chunk))
+            self._db.execute(sql, _flatten(chunk))
 
 
 def _by_kind(operations: Sequence[WriteOperation]) -> tuple[list, ...]:

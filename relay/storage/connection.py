@@ -2,11 +2,15 @@
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from relay.storage.migrate import migrate
+
+T = TypeVar("T")
 
 # RETURNING, which the batches use, arrived in SQLite 3.35.
 MIN_SQLITE_VERSION = (3, 35, 0)
@@ -30,7 +34,7 @@ PRAGMA foreign_keys = OFF;
 # 10,000 pages (about 40 MB) raised group-commit throughput by about a quarter
 # (batches of 300 to 1,000 messages of 300 bytes), with the slowest commit
 # near 90 ms instead of 50 ms. The checkpointer (checkpoint.py) now copies
-# pages beside the writer and has the writer restart the log past 12,000
+# pages beside the writer and has the writer restart the log past 30,000
 # pages. This checkpoint is then a backstop for when the checkpointer cannot
 # run (its connection failed to open, or its checkpoints fail), and 40,000
 # pages are about 160 MB of log at most.
@@ -39,7 +43,9 @@ WAL_AUTOCHECKPOINT_PAGES = 40_000
 # Size the WAL file is cut back to when a checkpoint lets the log start over.
 # Without a limit the file keeps the largest size it ever reached, so the WAL
 # size on /health would never fall after a spike or a blocked checkpoint.
-WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# Above the checkpointer's restart length, so that the file is not cut back
+# and grown again at every restart.
+WAL_SIZE_LIMIT_BYTES = 128 * 1024 * 1024
 
 # Primary result codes of SQLite (https://sqlite.org/rescode.html) that mean
 # the file itself is damaged, as opposed to busy, full or unreadable for now.
@@ -162,3 +168,19 @@ async def connect(
         await connection.close()
         raise
     return connection
+
+
+async def run_on_thread(
+    connection: aiosqlite.Connection,
+    function: Callable[..., T],
+    *args: object,
+) -> T:
+    """Call function(sqlite3_connection, *args) on the connection's own thread.
+
+    aiosqlite sends each statement to its thread and the result back
+    through the event loop. Work of several statements passed whole makes
+    that trip once. aiosqlite has no public call for this, so this uses
+    its queue (`_execute`) and its sqlite3 connection (`_conn`), both
+    present in every version pyproject.toml admits.
+    """
+    return await connection._execute(lambda: function(connection._conn, *args))

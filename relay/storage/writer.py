@@ -28,7 +28,7 @@ import structlog
 
 from relay.storage.base import Quotas, StorageUnavailable
 from relay.storage.batch import BatchTransaction, IndexChanges
-from relay.storage.connection import is_corruption
+from relay.storage.connection import is_corruption, run_on_thread
 from relay.storage.mailbox_index import MailboxIndex
 from relay.storage.operations import EnqueueMessage, EraseUser, WriteOperation
 
@@ -199,19 +199,31 @@ class GroupCommitWriter:
         if self._index_stale:
             await self._rebuild_index()
         started = time.perf_counter()
-        changes_before = self._db.total_changes
-        transaction = BatchTransaction(
-            self._db, self.index, self._quotas, self._max_variables
-        )
-        await self._db.execute("BEGIN IMMEDIATE")
-        self._stage = _Stage.OPEN
-        await transaction.run(batch)
-        self._stage = _Stage.COMMITTING
-        await self._db.execute("COMMIT")
-        self._stage = _Stage.IDLE
-        changed = self._db.total_changes != changes_before
+        changed, changes = await run_on_thread(self._db, self._transact, batch)
         self._record_commit(started, len(batch), changed)
-        return transaction.changes
+        return changes
+
+    def _transact(
+        self, connection: sqlite3.Connection, batch: list[WriteOperation]
+    ) -> tuple[bool, IndexChanges]:
+        """Run one batch from BEGIN to COMMIT on the database thread.
+
+        The whole transaction is one trip to the thread and back. Statement
+        by statement, each trip waited for a turn of the event loop, which
+        under load is busy with a burst of datagrams. Returns whether the
+        batch changed any row, and its changes to the index.
+        """
+        transaction = BatchTransaction(
+            connection, self.index, self._quotas, self._max_variables
+        )
+        changes_before = connection.total_changes
+        connection.execute("BEGIN IMMEDIATE")
+        self._stage = _Stage.OPEN
+        transaction.run(batch)
+        self._stage = _Stage.COMMITTING
+        connection.execute("COMMIT")
+        self._stage = _Stage.IDLE
+        return connection.total_changes != changes_before, transaction.changes
 
     async def _checkpoint(self) -> None:
         # Between batches the copy can reach the log's end, so the next BEGIN
