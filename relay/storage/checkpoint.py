@@ -14,13 +14,14 @@ a checkpoint is still syncing, so the log never is. Left alone it grows
 to the writer's automatic checkpoint (connection.py), whose copy, sync
 and cut-back of a 160 MB file stalled every message of one batch for 80
 to 300 ms. So once the log passes LOG_RESTART_PAGES, this checkpointer
-copies it twice (the second pass takes what was committed during the
-first) and asks the writer to copy the rest itself between two batches:
-only the single writer can finish a checkpoint with no commit landing in
-between, and its next transaction then restarts the log. That costs the
-writer one short sync (20 to 130 ms on the test machine, most of it the
-disk's flush) every second or two at full load, instead of the long
-stall every few seconds.
+copies it again, each pass taking what was committed during the one
+before, until a pass finds few new pages; then it asks the writer to copy
+the rest itself between two batches. Only the single writer can finish a
+checkpoint with no commit landing in between, and its next transaction
+then restarts the log. The writer's copy holds up the messages that
+arrive meanwhile, so it is kept to the pages of one short pass: with a
+single pass before it, the writer copied the pages of a whole long pass
+and stalled 40 to 120 ms every two seconds on the test machine.
 """
 
 import asyncio
@@ -36,11 +37,21 @@ log = structlog.get_logger(__name__)
 
 CHECKPOINT_INTERVAL_S = 0.5
 # Log length, in pages, past which the writer is asked to finish a checkpoint
-# so that the log restarts. 12,000 pages of 4 KiB are about 47 MB, under the
-# size the file is cut back to (connection.WAL_SIZE_LIMIT_BYTES), so a
-# restart does not also shrink the file. Every restart costs the writer one
-# sync, so a longer log means fewer of them.
-LOG_RESTART_PAGES = 12_000
+# so that the log restarts. Every restart stalls the writer for two syncs
+# and its copy: 20 to 80 ms on the 2-core test machine, whatever the log's
+# length. A longer log means fewer stalls. At 12,000 pages one came every
+# two seconds at 2,000 messages a second, and one message in fifty waited
+# behind one. 30,000 pages of 4 KiB are about 117 MiB, under the size the
+# file is cut back to (connection.WAL_SIZE_LIMIT_BYTES), so a restart does
+# not also shrink the file, and under the WAL size /health calls degraded.
+LOG_RESTART_PAGES = 30_000
+# Once the log is past restart_pages, passes repeat until one finds at most
+# this many pages committed during the pass before it. The writer then
+# copies about as many, which takes a few milliseconds.
+WRITER_COPY_PAGES = 128
+# Passes at most after the first before the writer is asked anyway, for when
+# commits outpace the copy.
+CATCH_UP_PASSES = 4
 FAILURE_LOG_INTERVAL_S = 60.0
 
 
@@ -109,13 +120,22 @@ class Checkpointer:
 
     async def _copy_log(self) -> None:
         """Copy the log back, and past restart_pages let the writer restart it."""
+        log_pages = await self._pass()
+        if log_pages < self.restart_pages:
+            return
+        for _ in range(CATCH_UP_PASSES):
+            previous, log_pages = log_pages, await self._pass()
+            if log_pages < previous:
+                return  # the log restarted between two commits by itself
+            if log_pages - previous <= WRITER_COPY_PAGES:
+                break
+        self._request_checkpoint()
+
+    async def _pass(self) -> int:
         loop = asyncio.get_running_loop()
         log_pages = await loop.run_in_executor(None, self._checkpoint)
         self.checkpoints += 1
-        if log_pages >= self.restart_pages:
-            await loop.run_in_executor(None, self._checkpoint)
-            self.checkpoints += 1
-            self._request_checkpoint()
+        return log_pages
 
     def _checkpoint(self) -> int:
         """Copy the pages the log contains now and return the log's length in pages."""

@@ -8,7 +8,12 @@ import time
 
 from relay.protocol.constants import AckStatus
 from relay.storage.base import Quotas
-from relay.storage.checkpoint import CHECKPOINT_INTERVAL_S
+from relay.storage.checkpoint import (
+    CATCH_UP_PASSES,
+    CHECKPOINT_INTERVAL_S,
+    WRITER_COPY_PAGES,
+    Checkpointer,
+)
 from tests.unit.test_storage_writer import message, opened, register_users
 
 
@@ -95,3 +100,51 @@ async def test_close_leaves_no_log_frames(tmp_path):
     await store.enqueue(message(alice, bob))
     await store.close()
     assert wal_frames_left(path) == 0
+
+
+class ScriptedLog:
+    """Stands in for the checkpoint connection: log lengths from a script, in order."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.lengths = list(lengths)
+        self.passes = 0
+
+    def execute(self, sql: str) -> "ScriptedLog":
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        self.passes += 1
+        self._row = (0, self.lengths.pop(0), 0)
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return self._row
+
+
+def run_copy(lengths: list[int], restart_pages: int = 1_000) -> tuple[int, int]:
+    """Run one round of the checkpointer; return (passes, writer requests)."""
+    log = ScriptedLog(lengths)
+    requests = []
+    checkpointer = Checkpointer(
+        log, lambda: 0, lambda: requests.append(1), restart_pages=restart_pages
+    )
+    asyncio.run(checkpointer._copy_log())
+    return log.passes, len(requests)
+
+
+def test_checkpointer_short_log_one_pass():
+    assert run_copy([999]) == (1, 0)
+
+
+def test_checkpointer_long_log_passes_then_writer():
+    # Each pass finds what was committed during the one before.
+    lengths = [1_000, 1_900, 2_200, 2_200 + WRITER_COPY_PAGES]
+    assert run_copy(lengths) == (4, 1)
+
+
+def test_checkpointer_passes_bounded():
+    # Commits outpace the copies: the writer is asked anyway.
+    lengths = [1_000 * (n + 1) for n in range(CATCH_UP_PASSES + 1)]
+    assert run_copy(lengths) == (CATCH_UP_PASSES + 1, 1)
+
+
+def test_checkpointer_restarted_log_needs_no_writer():
+    assert run_copy([1_500, 40]) == (2, 0)
