@@ -1,4 +1,7 @@
-"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings`, from the repository's root."""
+"""Command line: `python -m loadtests quick|full|run SCENARIO|ceilings`.
+
+Run it from the repository's root.
+"""
 
 import argparse
 import dataclasses

@@ -8,6 +8,7 @@ after --max-seconds.
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -93,10 +94,8 @@ def main() -> None:
         "--max-seconds", type=float, default=600.0, help="exit after this many seconds"
     )
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(args.max_seconds))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
