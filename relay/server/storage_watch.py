@@ -16,11 +16,10 @@ process keeps answering; removing the hold file opens the database again.
 
 import asyncio
 import contextlib
-import math
-import time
 
 import structlog
 
+from relay.ops.logging import LogThrottle
 from relay.storage.base import StorageUnavailable
 from relay.storage.lock import DatabaseInUse, DatabaseLock, hold_path
 from relay.storage.sqlite import SqliteStorage
@@ -44,24 +43,18 @@ class ThrottledError:
         self.event = event
         self.interval_s = interval_s
         self.failures = 0
-        self._logged_at = -math.inf
-        self._unlogged = 0
+        self._throttle = LogThrottle(interval_s)
 
     def failed(self, **fields: object) -> None:
         self.failures += 1
-        now = time.monotonic()
-        if now - self._logged_at < self.interval_s:
-            self._unlogged += 1
-            return
-        log.error(self.event, failures_since_last_log=self._unlogged, **fields)
-        self._logged_at = now
-        self._unlogged = 0
+        held_back = self._throttle.allow(self.event)
+        if held_back is not None:
+            log.error(self.event, failures_since_last_log=held_back, **fields)
 
     def reset(self) -> int:
         """Forget the failures; return how many there were."""
         failures, self.failures = self.failures, 0
-        self._logged_at = -math.inf
-        self._unlogged = 0
+        self._throttle = LogThrottle(self.interval_s)
         return failures
 
 

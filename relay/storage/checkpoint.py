@@ -25,13 +25,13 @@ and stalled 40 to 120 ms every two seconds on the test machine.
 """
 
 import asyncio
-import math
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
+
+from relay.ops.logging import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +81,7 @@ class Checkpointer:
         self._stopping = asyncio.Event()
         self.checkpoints = 0
         self.failures = 0
-        self._failure_logged_at = -math.inf
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="storage-checkpointer")
@@ -147,9 +147,7 @@ class Checkpointer:
         # A failed checkpoint loses nothing: the pages stay in the log and
         # the writer's own checkpoint copies them later.
         self.failures += 1
-        now = time.monotonic()
-        if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:
-            self._failure_logged_at = now
+        if self._failure_log.allow("wal_checkpoint_failed") is not None:
             log.warning("wal_checkpoint_failed", error=str(exc), failures=self.failures)
 
 

@@ -18,7 +18,6 @@ succeeds even on a full disk. A batch that reports a damaged file sets
 
 import asyncio
 import enum
-import math
 import sqlite3
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from collections import deque
 import aiosqlite
 import structlog
 
+from relay.ops.logging import LogThrottle
 from relay.storage.base import Quotas, StorageUnavailable
 from relay.storage.batch import BatchTransaction, IndexChanges
 from relay.storage.connection import is_corruption, run_on_thread
@@ -78,8 +78,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task | None = None
         self._index_stale = False
         self._stage = _Stage.IDLE
-        self._failure_logged_at = -math.inf
-        self._unlogged_failures = 0
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
         self._checkpoint_requested = False
 
         self.commit_count = 0
@@ -292,19 +291,16 @@ class GroupCommitWriter:
         self.last_error_at_ms = int(time.time() * 1000)
         if self.corruption is None and is_corruption(exc):
             self.corruption = self.last_error
-        now = time.monotonic()
-        if now - self._failure_logged_at < FAILURE_LOG_INTERVAL_S:
-            self._unlogged_failures += 1
+        held_back = self._failure_log.allow("database_write_failed")
+        if held_back is None:
             return
         log_error = log.error if _is_database_error(exc) else log.exception
         log_error(
             "database_write_failed",
             error=self.last_error,
             operations=operations,
-            failures_since_last_log=self._unlogged_failures,
+            failures_since_last_log=held_back,
         )
-        self._failure_logged_at = now
-        self._unlogged_failures = 0
 
 
 def _is_database_error(exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ import os
 import sqlite3
 
 import pytest
+import structlog
 
 from relay.protocol.constants import AckStatus
 from relay.storage.base import StorageUnavailable
@@ -167,3 +168,16 @@ def test_lock_shared_blocks_exclusive(tmp_path):
         tool.acquire(exclusive=True)
         with pytest.raises(DatabaseInUse):
             DatabaseLock(database).acquire(exclusive=False)
+
+
+async def test_failed_batches_logged_once_per_interval(storage):
+    alice, bob = await register_users(storage, 2)
+    with structlog.testing.capture_logs() as logs:
+        await fill_until_full(storage, alice, bob)
+        for _ in range(3):
+            with pytest.raises(StorageUnavailable):
+                await storage.enqueue(message(alice, bob, payload=b"w" * 20_000))
+    lines = [line for line in logs if line["event"] == "database_write_failed"]
+    assert len(lines) == 1
+    assert lines[0]["failures_since_last_log"] == 0
+    assert storage.failed_batch_count == 4
