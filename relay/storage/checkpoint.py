@@ -124,6 +124,8 @@ class Checkpointer:
         if log_pages < self.restart_pages:
             return
         for _ in range(CATCH_UP_PASSES):
+            if self._stopping.is_set():
+                return  # the writer's last commit and close copy the rest
             previous, log_pages = log_pages, await self._pass()
             if log_pages < previous:
                 return  # the log restarted between two commits by itself

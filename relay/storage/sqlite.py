@@ -239,8 +239,11 @@ class SqliteStorage:
                 self._header = None
         except asyncio.CancelledError:
             # A caller's deadline ran out. Stopping the connection threads
-            # without waiting rolls back an open transaction and lets the
-            # process exit, because aiosqlite's threads are not daemons.
+            # without waiting lets the process exit, because aiosqlite's
+            # threads are not daemons. Each thread closes its connection
+            # after the work already queued on it. So a batch already on the
+            # write thread still runs to its COMMIT although its callers get
+            # StorageUnavailable, and senders' retries find it stored.
             reader.stop()
             writer.connection.stop()
             writer.cancel()

@@ -18,6 +18,7 @@ from tests.unit.test_storage_writer import (
     message,
     opened,
     register_users,
+    reloaded_index,
 )
 
 UNLIMITED_PAGES = 1_073_741_823
@@ -73,6 +74,78 @@ async def test_probe_write_ends_failing_state(storage):
     finally:
         connection.close()
     assert probes == 0
+
+
+# A deferred foreign key is checked at COMMIT, so a row that breaks it makes
+# the COMMIT itself fail and leaves the transaction open. The trigger adds
+# such a row for each message with this payload.
+FAILING_COMMIT_SCHEMA = """
+CREATE TABLE test_parent (id INTEGER PRIMARY KEY);
+CREATE TABLE test_child (
+    parent_id INTEGER REFERENCES test_parent (id) DEFERRABLE INITIALLY DEFERRED
+);
+CREATE TRIGGER test_fail_commit AFTER INSERT ON mailbox_messages
+WHEN NEW.payload = CAST('fail commit' AS BLOB)
+BEGIN INSERT INTO test_child VALUES (1); END;
+"""
+
+# RAISE(ABORT) fails the INSERT statement in the middle of the batch and
+# leaves the transaction open.
+FAILING_STATEMENT_SCHEMA = """
+CREATE TRIGGER test_fail_insert BEFORE INSERT ON mailbox_messages
+WHEN NEW.payload = CAST('fail insert' AS BLOB)
+BEGIN SELECT RAISE(ABORT, 'insert rejected by test trigger'); END;
+"""
+
+
+async def test_failed_commit_rolls_back_and_recovers(storage):
+    alice, bob = await register_users(storage, 2)
+    assert await storage.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    writer_connection = storage.writer.connection
+    await writer_connection.executescript(FAILING_COMMIT_SCHEMA)
+    await writer_connection.execute("PRAGMA foreign_keys = ON")
+
+    payloads = [b"fail commit", b"a", b"b", b"c"]
+    outcomes = await asyncio.gather(
+        *(storage.enqueue(message(alice, bob, payload=p)) for p in payloads),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, StorageUnavailable), outcome
+    assert "FOREIGN KEY constraint failed" in storage.last_error
+    assert storage.write_failing
+    assert count_messages(storage.path) == 1
+
+    # The writer rolled the open transaction back, so the next BEGIN works.
+    assert await storage.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    assert not storage.write_failing
+    assert count_messages(storage.path) == 2
+    assert storage.stats().queue_size == 2
+    assert storage.index.snapshot() == await reloaded_index(storage.path)
+    await storage.check()
+
+
+async def test_failed_statement_rolls_back_batch(storage):
+    alice, bob = await register_users(storage, 2)
+    assert await storage.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    await storage.writer.connection.executescript(FAILING_STATEMENT_SCHEMA)
+
+    payloads = [b"a", b"fail insert", b"b"]
+    outcomes = await asyncio.gather(
+        *(storage.enqueue(message(alice, bob, payload=p)) for p in payloads),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, StorageUnavailable), outcome
+    assert "insert rejected by test trigger" in storage.last_error
+    assert count_messages(storage.path) == 1
+    assert storage.index.snapshot() == await reloaded_index(storage.path)
+
+    assert await storage.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    assert not storage.write_failing
+    assert count_messages(storage.path) == 2
+    assert storage.index.snapshot() == await reloaded_index(storage.path)
+    await storage.check()
 
 
 def overwrite(path, offset: int, data: bytes) -> None:
