@@ -164,11 +164,11 @@ class RelayServer:
         self._tasks.append(asyncio.create_task(self.storage_watch.run_forever()))
         self.udp_port = udp_socket.getsockname()[1]
         self.http_port = http_socket.getsockname()[1]
-        # What start-up built (modules, the web stack's schemas, the loaded
-        # mailbox index) lives as long as the process. Frozen, it is left out
-        # of every later garbage collection: a full collection over it took
-        # 45-65 ms on the 2-core test machine, every second or two under
-        # load, and every message waiting meanwhile waited that much longer.
+        # Most of what start-up built (modules, the web stack's schemas) lives
+        # as long as the process. Frozen, it is left out of every later garbage
+        # collection, which under load ran every second or two and took
+        # 45-66 ms over it on the 2-core test machine. Frozen objects are still
+        # freed when their last reference goes, as the loaded mailbox index is.
         gc.freeze()
         self._log_started(key_created)
 

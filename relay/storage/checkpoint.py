@@ -15,13 +15,12 @@ to the writer's automatic checkpoint (connection.py), whose copy, sync
 and cut-back of a 160 MB file stalled every message of one batch for 80
 to 300 ms. So once the log passes LOG_RESTART_PAGES, this checkpointer
 copies it again, each pass taking what was committed during the one
-before, until a pass finds few new pages; then it asks the writer to copy
-the rest itself between two batches. Only the single writer can finish a
-checkpoint with no commit landing in between, and its next transaction
-then restarts the log. The writer's copy holds up the messages that
-arrive meanwhile, so it is kept to the pages of one short pass: with a
-single pass before it, the writer copied the pages of a whole long pass
-and stalled 40 to 120 ms every two seconds on the test machine.
+before, until a pass finds few new pages. Then it requests the writer to
+copy the rest itself between two batches. Only the single writer can
+finish a checkpoint with no commit landing in between, and its next
+transaction then restarts the log. The messages that arrive meanwhile
+wait for the writer's copy and its two syncs, 20 to 80 ms on the 2-core
+test machine, mostly the syncs.
 """
 
 import asyncio
@@ -36,21 +35,21 @@ from relay.ops.logging import LogThrottle
 log = structlog.get_logger(__name__)
 
 CHECKPOINT_INTERVAL_S = 0.5
-# Log length, in pages, past which the writer is asked to finish a checkpoint
-# so that the log restarts. Every restart stalls the writer for two syncs
-# and its copy: 20 to 80 ms on the 2-core test machine, whatever the log's
-# length. A longer log means fewer stalls. At 12,000 pages one came every
-# two seconds at 2,000 messages a second, and one message in fifty waited
-# behind one. 30,000 pages of 4 KiB are about 117 MiB, under the size the
-# file is cut back to (connection.WAL_SIZE_LIMIT_BYTES), so a restart does
-# not also shrink the file, and under the WAL size /health calls degraded.
+# Log length, in pages, past which the writer is requested to finish a
+# checkpoint so that the log restarts. Every restart stalls the writer for
+# 20 to 80 ms whatever the log's length, so a longer log means fewer stalls.
+# At 2,000 messages a second one came every two seconds at 12,000 pages,
+# and every four to five seconds at 30,000 pages. 30,000 pages of 4 KiB are
+# about 117 MiB. That is under the size the file is cut back to
+# (connection.WAL_SIZE_LIMIT_BYTES), so a restart does not also shrink the
+# file, and under the WAL size at which /health reports degraded.
 LOG_RESTART_PAGES = 30_000
 # Once the log is past restart_pages, passes repeat until one finds at most
 # this many pages committed during the pass before it. The writer then
-# copies about as many, which takes a few milliseconds.
+# copies about as many pages, so its stall is mostly its two syncs.
 WRITER_COPY_PAGES = 128
-# Passes at most after the first before the writer is asked anyway, for when
-# commits outpace the copy.
+# Largest number of passes after the first. Past it the writer is requested
+# anyway, because commits outpace the copies.
 CATCH_UP_PASSES = 4
 FAILURE_LOG_INTERVAL_S = 60.0
 
@@ -128,7 +127,9 @@ class Checkpointer:
                 return  # the writer's last commit and close copy the rest
             previous, log_pages = log_pages, await self._pass()
             if log_pages < previous:
-                return  # the log restarted between two commits by itself
+                # The log restarted by itself, or the pass found the log busy
+                # and read 0 pages. The next round looks again.
+                return
             if log_pages - previous <= WRITER_COPY_PAGES:
                 break
         self._request_checkpoint()

@@ -181,6 +181,6 @@ async def run_on_thread(
     through the event loop. Work of several statements passed whole makes
     that trip once. aiosqlite has no public call for this, so this uses
     its queue (`_execute`) and its sqlite3 connection (`_conn`), both
-    present in every version pyproject.toml admits.
+    present in aiosqlite 0.20 to 0.22, the versions pyproject.toml admits.
     """
     return await connection._execute(lambda: function(connection._conn, *args))
