@@ -79,12 +79,12 @@ class Messaging:
         core = self.core
         message_id, recipient_id, ttl_s, payload = decode_message_fields(body)
         settings = core.settings
-        full_at = admit(session.buckets.message, core.rates.message, now)
+        full_at = admit(session.message_full_at, core.rates.message, now)
         if full_at is None:
             core.stats.rate_limited["message"] += 1
             self._answer(session, message_id, AckStatus.RATE_LIMITED)
             return
-        session.buckets.message = full_at
+        session.message_full_at = full_at
         if core.draining:
             self._answer(session, message_id, AckStatus.UNAVAILABLE)
             return
@@ -207,12 +207,12 @@ class Messaging:
     def ack(self, session: Session, body: bytes, address: Address, now: int) -> None:
         core = self.core
         keys = decode_ack(body)
-        full_at = admit(session.buckets.ack, core.rates.ack, now)
+        full_at = admit(session.ack_full_at, core.rates.ack, now)
         if full_at is None:
             core.stats.rate_limited["ack"] += 1
             core.stats.failed["ack"] += 1
             return
-        session.buckets.ack = full_at
+        session.ack_full_at = full_at
         user_id = session.user_id
         try:
             future = core.storage.submit_acknowledge(user_id, keys, now)
@@ -261,12 +261,12 @@ class Messaging:
     def poll(self, session: Session, body: bytes, address: Address, now: int) -> None:
         core = self.core
         max_bytes = poll_budget(decode_poll(body))
-        full_at = admit(session.buckets.poll, core.rates.poll, now)
+        full_at = admit(session.poll_full_at, core.rates.poll, now)
         if full_at is None:
             core.stats.rate_limited["poll"] += 1
             core.stats.failed["poll"] += 1
             return
-        session.buckets.poll = full_at
+        session.poll_full_at = full_at
         core.spawn(self._answer_poll(session, max_bytes, time.perf_counter()))
 
     async def _answer_poll(

@@ -32,7 +32,6 @@ from relay.core.session import (
     EndedSession,
     Session,
     SessionTable,
-    UserBuckets,
 )
 from relay.core.stats import RelayStats
 from relay.ops.logging import LogThrottle
@@ -375,11 +374,11 @@ class RelayCore:
         now_ms: int,
     ) -> Session:
         """Create a session, replacing the user's previous one without notice."""
-        previous = self.sessions.by_user.get(user_id)
-        buckets = previous.buckets if previous else UserBuckets()
         k_c2s, k_s2c = keys
-        session = Session(session_id, user_id, address, k_c2s + k_s2c, buckets, now_ms)
-        self.sessions.add(session)
+        session = Session(session_id, user_id, address, k_c2s + k_s2c, now_ms)
+        previous = self.sessions.add(session)
+        if previous is not None:
+            session.take_limits(previous)
         return session
 
     # --- session packets -------------------------------------------------------
@@ -579,12 +578,12 @@ class RelayCore:
 
     def _admit_ping(self, session: Session, now: int) -> bool:
         """Take a PING from the user's bucket; count and refuse it when empty."""
-        full_at = admit(session.buckets.ping, self.rates.ping, now)
+        full_at = admit(session.ping_full_at, self.rates.ping, now)
         if full_at is None:
             self.stats.rate_limited["ping"] += 1
             self.stats.failed["ping"] += 1
             return False
-        session.buckets.ping = full_at
+        session.ping_full_at = full_at
         return True
 
     def _unregister(

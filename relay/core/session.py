@@ -13,20 +13,6 @@ HOT_SESSIONS = 1024
 Address = tuple[str, int]
 
 
-class UserBuckets:
-    """A user's four rate limits, carried over when the user registers again.
-
-    Each field is the time in milliseconds at which that bucket is full
-    again (see `ratelimit.admit`); 0.0 means full. A float per limit
-    instead of a bucket object per limit keeps a session small.
-    """
-
-    __slots__ = ("ack", "message", "ping", "poll")
-
-    def __init__(self) -> None:
-        self.message = self.poll = self.ack = self.ping = 0.0
-
-
 class Session:
     """One registered phone: its keys, counters, address and liveness.
 
@@ -40,17 +26,26 @@ class Session:
     `address` is where replies go. After a move to a new address it is
     unvalidated until a PING echoes `path_nonce`; meanwhile `path_budget`
     is how many more bytes the relay may send there.
+
+    The four `*_full_at` fields are the user's rate limits, each the time in
+    milliseconds at which that bucket is full again (see `ratelimit.admit`;
+    0.0 means full). A session that replaces the user's previous one takes
+    them over, so that registering again does not refill them. Four fields
+    take 32 bytes less a session than an object of their own.
     """
 
     __slots__ = (
+        "ack_full_at",
         "address",
-        "buckets",
         "ciphers",
         "highest",
         "keys",
         "last_seen_ms",
+        "message_full_at",
         "path_budget",
         "path_nonce",
+        "ping_full_at",
+        "poll_full_at",
         "seen",
         "send_counter",
         "session_id",
@@ -63,7 +58,6 @@ class Session:
         user_id: str,
         address: Address,
         keys: bytes,
-        buckets: UserBuckets,
         now_ms: int,
     ) -> None:
         self.session_id = session_id
@@ -71,13 +65,21 @@ class Session:
         self.address = address
         self.keys = keys
         self.ciphers: tuple[ChaCha20Poly1305, ChaCha20Poly1305] | None = None
-        self.buckets = buckets
+        self.message_full_at = self.poll_full_at = 0.0
+        self.ack_full_at = self.ping_full_at = 0.0
         self.highest = 0
         self.seen = 1  # counter 0 counts as used
         self.send_counter = 1  # REGISTERED is packet 1
         self.last_seen_ms = now_ms
         self.path_nonce: bytes | None = None
         self.path_budget = 0
+
+    def take_limits(self, previous: "Session") -> None:
+        """Carry the rate limits of the user's previous session over."""
+        self.message_full_at = previous.message_full_at
+        self.poll_full_at = previous.poll_full_at
+        self.ack_full_at = previous.ack_full_at
+        self.ping_full_at = previous.ping_full_at
 
     @property
     def validated(self) -> bool:

@@ -182,5 +182,14 @@ async def run_on_thread(
     that trip once. aiosqlite has no public call for this, so this uses
     its queue (`_execute`) and its sqlite3 connection (`_conn`), both
     present in aiosqlite 0.20 to 0.22, the versions pyproject.toml admits.
+
+    The thread keeps the last call it ran until the next one arrives, so
+    the call lets go of its arguments once it has them: a write batch's
+    payloads must not stay in memory while the relay is quiet.
     """
-    return await connection._execute(lambda: function(connection._conn, *args))
+    waiting = [args]
+
+    def call() -> T:
+        return function(connection._conn, *waiting.pop())
+
+    return await connection._execute(call)

@@ -31,9 +31,9 @@ _HASH_MASK = (1 << 64) - 1
 class _Generation:
     __slots__ = ("bits", "latest_expiry_ms", "swept_at_ms")
 
-    def __init__(self, size: int, latest_expiry_ms: int) -> None:
-        self.bits = bytearray(size)
-        self.latest_expiry_ms = latest_expiry_ms
+    def __init__(self, bits: bytearray) -> None:
+        self.bits = bits
+        self.latest_expiry_ms = 0
         self.swept_at_ms: int | None = None
 
 
@@ -48,8 +48,12 @@ class SeenFilter:
         if bits < 8 or bits & (bits - 1):
             raise ValueError(f"bits must be a power of two of at least 8, got {bits}")
         self._mask = bits - 1
-        self._current = _Generation(bits // 8, 0)
+        self._current = _Generation(bytearray(bits // 8))
         self._sealed: _Generation | None = None
+        # The buffer the next generation starts in. Both generations' memory
+        # is taken now and reused at every turn, so that the relay's memory
+        # does not step up at the first sweep after start, or at any later one.
+        self._spare = bytearray(bits // 8)
 
     def add(self, sender_id: str, message_id: str, expires_at_ms: int) -> None:
         """Add a key whose message expires (or whose dedup record was made) then."""
@@ -77,8 +81,14 @@ class SeenFilter:
                 return
             if now_ms - dedup_window_ms <= sealed.swept_at_ms:
                 return
+        if sealed is not None:
+            # Dropped: its buffer, cleared, starts the next generation. Through
+            # a memoryview, because a bytearray's own slice assignment copies
+            # the zeros first.
+            memoryview(sealed.bits)[:] = bytes(len(sealed.bits))
+            self._spare = sealed.bits
         self._sealed = self._current
-        self._current = _Generation(len(self._current.bits), 0)
+        self._current = _Generation(self._spare)
 
     def _positions(self, sender_id: str, message_id: str) -> tuple[int, ...]:
         # Double hashing gives the PROBES (4) positions from one hash. They

@@ -149,6 +149,10 @@ class GroupCommitWriter:
                 batch = self._take_batch()
                 if batch:
                     await self._commit(batch)
+                # The batch contains every payload and future of its commit.
+                # Kept until the next batch, a burst followed by quiet would
+                # keep them all in memory.
+                del batch
         finally:
             # Reached with work queued only when the task is cancelled.
             self._closing = True

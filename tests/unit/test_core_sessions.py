@@ -17,7 +17,7 @@ from relay.client.events import (
     SessionErrorReceived,
     UnregisteredReceived,
 )
-from relay.core.session import CipherCache, Session, UserBuckets
+from relay.core.session import CipherCache, Session
 from relay.protocol.codec import decode_error, pack_header
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode, PacketType
 
@@ -38,6 +38,19 @@ async def test_ping_over_rate_silent(make_relay):
     assert all(len(a) == 1 for a in answers[:6])
     assert answers[6] == []
     assert relay.core.stats.rate_limited["ping"] == 1
+
+
+async def test_registering_again_keeps_rate_limits(make_relay):
+    relay = await make_relay(rate_ping_per_user=6)
+    phone = relay.phone()
+    await phone.register()
+    first = [await phone.exchange(phone.session.ping()) for _ in range(4)]
+    await phone.register()
+    second = [await phone.exchange(phone.session.ping()) for _ in range(3)]
+    assert [len(answers) for answers in first + second] == [1, 1, 1, 1, 1, 1, 0]
+    other = relay.phone()
+    await other.register()
+    assert len(await other.exchange(other.session.ping())) == 1
 
 
 async def test_replayed_packet_dropped_silently(relay):
@@ -277,7 +290,7 @@ async def test_message_to_self_and_unknown_user_id_format(relay):
 
 def _session(user_id: str, port: int) -> Session:
     address = ("127.0.0.1", port)
-    return Session(os.urandom(16), user_id, address, os.urandom(64), UserBuckets(), 0)
+    return Session(os.urandom(16), user_id, address, os.urandom(64), 0)
 
 
 def test_cipher_cache_keeps_only_newest_sessions():

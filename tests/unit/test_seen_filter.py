@@ -1,5 +1,6 @@
 """The Bloom filter of message ids the relay may have seen before."""
 
+import tracemalloc
 import uuid
 
 import pytest
@@ -53,6 +54,23 @@ def test_zero_window_drops_after_next_sweep():
     assert seen.may_contain("alice", "m1")
     seen.after_sweep(11, 0)
     assert not seen.may_contain("alice", "m1")
+
+
+def test_turning_generations_takes_no_new_memory():
+    seen = SeenFilter(bits=1 << 20)  # 128 KiB a generation
+    tracemalloc.start()
+    try:
+        for day in range(1, 6):
+            seen.add("alice", f"m{day}", expires_at_ms=day * DAY_MS)
+            seen.after_sweep(day * DAY_MS, 0)
+            seen.after_sweep(day * DAY_MS + 1, 0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen.may_contain("alice", "m5")
+    assert not seen.may_contain("alice", "m1")
+    # Clearing a buffer in place briefly needs one buffer of zeros, no more.
+    assert peak <= (1 << 20) // 8 + 16 * 1024
 
 
 @pytest.mark.parametrize("bits", [0, 7, 1000])

@@ -4,11 +4,13 @@ Every test runs against a real database file in tmp_path.
 """
 
 import asyncio
+import gc
 import sqlite3
 import subprocess
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import aiosqlite
@@ -126,6 +128,20 @@ async def test_sequential_writes_commit_one_by_one(storage):
     for _ in range(3):
         await storage.enqueue(message(alice, bob))
     assert storage.commit_count - commits == 3
+
+
+async def test_idle_writer_releases_last_batch(storage):
+    """A burst of writes followed by quiet leaves no payload or future behind."""
+    alice, bob = await register_users(storage, 2)
+    futures = [storage.submit_enqueue(message(alice, bob)) for _ in range(50)]
+    for future in futures:
+        await future
+    watched = [weakref.ref(future) for future in futures]
+    del futures, future
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the loop run the futures' callbacks
+    gc.collect()
+    assert [ref for ref in watched if ref() is not None] == []
 
 
 async def test_pending_writes_count_queued_operations(storage):
