@@ -217,6 +217,7 @@ class RelayCore:
         sizes = {
             "sessions": (len(sessions), self.settings.max_connections),
             "ended_sessions": (len(sessions.ended), sessions.max_ended),
+            "carried_limits": (len(sessions.carried_limits), sessions.max_ended),
             "cookie_ledger": (len(self.ledger), self.ledger.max_entries),
         }
         for name, limiter in limiters.items():
@@ -376,9 +377,7 @@ class RelayCore:
         """Create a session, replacing the user's previous one without notice."""
         k_c2s, k_s2c = keys
         session = Session(session_id, user_id, address, k_c2s + k_s2c, now_ms)
-        previous = self.sessions.add(session)
-        if previous is not None:
-            session.take_limits(previous)
+        self.sessions.add(session)
         return session
 
     # --- session packets -------------------------------------------------------
@@ -612,7 +611,7 @@ class RelayCore:
         # packet gets UNKNOWN_SESSION.
         other = self.sessions.of_user(user_id, now)
         if other is not None:
-            self.sessions.remove(other)
+            self.sessions.remove(other, now)
 
     def _end_session(self, session: Session, flags: int, now: int) -> None:
         self.sessions.end(session, flags, now)

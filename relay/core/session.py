@@ -11,6 +11,8 @@ WINDOW_MASK = (1 << WINDOW_SIZE) - 1
 HOT_SESSIONS = 1024
 
 Address = tuple[str, int]
+# A user's rate limits: the full-at times of MESSAGE, POLL, ACK and PING.
+Limits = tuple[float, float, float, float]
 
 
 class Session:
@@ -29,9 +31,9 @@ class Session:
 
     The four `*_full_at` fields are the user's rate limits, each the time in
     milliseconds at which that bucket is full again (see `ratelimit.admit`;
-    0.0 means full). A session that replaces the user's previous one takes
-    them over, so that registering again does not refill them. Four fields
-    take 32 bytes less a session than an object of their own.
+    0.0 means full). The user's next session takes them over (see
+    SessionTable), so that registering again does not refill them. Four
+    fields take 32 bytes less a session than an object of their own.
     """
 
     __slots__ = (
@@ -74,12 +76,22 @@ class Session:
         self.path_nonce: bytes | None = None
         self.path_budget = 0
 
-    def take_limits(self, previous: "Session") -> None:
-        """Carry the rate limits of the user's previous session over."""
-        self.message_full_at = previous.message_full_at
-        self.poll_full_at = previous.poll_full_at
-        self.ack_full_at = previous.ack_full_at
-        self.ping_full_at = previous.ping_full_at
+    def limits(self) -> Limits:
+        return (
+            self.message_full_at,
+            self.poll_full_at,
+            self.ack_full_at,
+            self.ping_full_at,
+        )
+
+    def take_limits(self, limits: Limits) -> None:
+        """Continue the rate limits of the user's earlier session."""
+        (
+            self.message_full_at,
+            self.poll_full_at,
+            self.ack_full_at,
+            self.ping_full_at,
+        ) = limits
 
     @property
     def validated(self) -> bool:
@@ -133,7 +145,12 @@ class EndedSession:
 
 
 class SessionTable:
-    """Live sessions by session id and by user, plus recently ended ones."""
+    """Live sessions by session id and by user, plus recently ended ones.
+
+    A user's rate limits outlive the session: a new session takes them over
+    from the one it replaces, or from `carried_limits`, where a session that
+    ended or timed out leaves them until every bucket is full again.
+    """
 
     def __init__(self, timeout_ms: int, linger_ms: int, max_ended: int) -> None:
         self.timeout_ms = timeout_ms
@@ -142,25 +159,37 @@ class SessionTable:
         self.by_id: dict[bytes, Session] = {}
         self.by_user: dict[str, Session] = {}
         self.ended: dict[bytes, EndedSession] = {}
+        # Capped at max_ended as well. When full, the oldest entry goes, and
+        # that user's next session starts with full buckets.
+        self.carried_limits: dict[str, Limits] = {}
         self.ciphers = CipherCache(HOT_SESSIONS)
 
     def __len__(self) -> int:
         return len(self.by_id)
 
     def add(self, session: Session) -> Session | None:
-        """Add a session and return the one it replaces for the same user, if any."""
-        old = self.by_user.get(session.user_id)
+        """Add a session and return the one it replaces for the same user, if any.
+
+        The new session continues the user's rate limits.
+        """
+        user_id = session.user_id
+        old = self.by_user.get(user_id)
         if old is not None:
             del self.by_id[old.session_id]
+            session.take_limits(old.limits())
+        else:
+            limits = self.carried_limits.pop(user_id, None)
+            if limits is not None:
+                session.take_limits(limits)
         self.by_id[session.session_id] = session
-        self.by_user[session.user_id] = session
+        self.by_user[user_id] = session
         return old
 
     def live(self, session_id: bytes, now_ms: int) -> Session | None:
         """Return the session if it exists and has not timed out."""
         session = self.by_id.get(session_id)
         if session is not None and now_ms - session.last_seen_ms > self.timeout_ms:
-            self.remove(session)
+            self.remove(session, now_ms)
             return None
         return session
 
@@ -170,22 +199,31 @@ class SessionTable:
             return None
         return self.live(session.session_id, now_ms)
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: Session, now_ms: int) -> None:
+        """Remove a live session, keeping its rate limits while they refill."""
         if self.by_id.get(session.session_id) is session:
             del self.by_id[session.session_id]
-        if self.by_user.get(session.user_id) is session:
-            del self.by_user[session.user_id]
+        if self.by_user.get(session.user_id) is not session:
+            return
+        del self.by_user[session.user_id]
+        limits = session.limits()
+        if max(limits) <= now_ms:
+            return
+        carried = self.carried_limits
+        if len(carried) >= self.max_ended:
+            del carried[next(iter(carried))]
+        carried[session.user_id] = limits
 
     def end(self, session: Session, flags: int, now_ms: int) -> None:
         """Remove a session after UNREGISTER and keep its keys for the linger time."""
-        self.remove(session)
+        self.remove(session, now_ms)
         if len(self.ended) >= self.max_ended:
             # Dicts keep insertion order, so the first entry ended longest ago.
             del self.ended[next(iter(self.ended))]
         self.ended[session.session_id] = EndedSession(session, flags, now_ms)
 
     def sweep(self, now_ms: int) -> list[Session]:
-        """Drop sessions past their timeout and lingering ones past theirs.
+        """Drop timed-out sessions, lingering ones past their time, and refilled limits.
 
         Returns the sessions that timed out.
         """
@@ -195,7 +233,14 @@ class SessionTable:
             if now_ms - session.last_seen_ms > self.timeout_ms
         ]
         for session in timed_out:
-            self.remove(session)
+            self.remove(session, now_ms)
+        refilled = [
+            user_id
+            for user_id, limits in self.carried_limits.items()
+            if max(limits) <= now_ms
+        ]
+        for user_id in refilled:
+            del self.carried_limits[user_id]
         gone = [
             session_id
             for session_id, ended in self.ended.items()

@@ -183,13 +183,40 @@ async def run_on_thread(
     its queue (`_execute`) and its sqlite3 connection (`_conn`), both
     present in aiosqlite 0.20 to 0.22, the versions pyproject.toml admits.
 
-    The thread keeps the last call it ran until the next one arrives, so
-    the call lets go of its arguments once it has them: a write batch's
-    payloads must not stay in memory while the relay is quiet.
+    The thread keeps the last call it ran, and that call's outcome, until
+    the next call arrives. A write batch's payloads must not stay in memory
+    while the relay is quiet, so the call lets go of its arguments once it
+    has them. A failed call returns its exception in a wrapper, emptied
+    here before the exception is raised: as the exception propagates, its
+    traceback gathers the callers' frames, and those contain the batch.
     """
     waiting = [args]
+    del args
 
-    def call() -> T:
-        return function(connection._conn, *waiting.pop())
+    def call() -> T | _RaisedOnThread:
+        try:
+            return function(connection._conn, *waiting.pop())
+        except Exception as exc:
+            return _RaisedOnThread(exc)
 
-    return await connection._execute(call)
+    outcome = await connection._execute(call)
+    if isinstance(outcome, _RaisedOnThread):
+        raise outcome.take()
+    return outcome
+
+
+class _RaisedOnThread:
+    """An exception from a call on the database thread, until it is raised."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: Exception) -> None:
+        self._error: Exception | None = error
+
+    def take(self) -> Exception:
+        """Return the exception and forget it, so that the thread cannot keep it."""
+        error = self._error
+        if error is None:
+            raise RuntimeError("the exception of this call was already taken")
+        self._error = None
+        return error

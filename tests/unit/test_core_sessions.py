@@ -17,7 +17,7 @@ from relay.client.events import (
     SessionErrorReceived,
     UnregisteredReceived,
 )
-from relay.core.session import CipherCache, Session
+from relay.core.session import CipherCache, Session, SessionTable
 from relay.protocol.codec import decode_error, pack_header
 from relay.protocol.constants import HEADER_SIZE, AckStatus, ErrorCode, PacketType
 
@@ -51,6 +51,60 @@ async def test_registering_again_keeps_rate_limits(make_relay):
     other = relay.phone()
     await other.register()
     assert len(await other.exchange(other.session.ping())) == 1
+
+
+async def test_unregister_then_register_keeps_rate_limits(make_relay):
+    relay = await make_relay(rate_ping_per_user=6)
+    phone = relay.phone()
+    await phone.register()
+    first = [await phone.exchange(phone.session.ping()) for _ in range(6)]
+    (done,) = await phone.exchange(phone.session.unregister())
+    assert isinstance(done, UnregisteredReceived)
+    await phone.register()
+    second = [await phone.exchange(phone.session.ping()) for _ in range(2)]
+    assert [len(answers) for answers in first] == [1] * 6
+    # One PING's worth comes back in 10 s, and no time has passed.
+    assert [len(answers) for answers in second] == [0, 0]
+
+
+async def test_timed_out_session_leaves_rate_limits(make_relay):
+    relay = await make_relay(rate_ping_per_user=6, session_timeout_s=30)
+    phone = relay.phone()
+    await phone.register()
+    for _ in range(6):
+        await phone.exchange(phone.session.ping())
+    relay.clock.advance(31)  # 3 PINGs' worth back, the session gone
+    relay.core.tick()
+    assert relay.core.stats.sessions_timed_out == 1
+    await phone.register()
+    answers = [await phone.exchange(phone.session.ping()) for _ in range(4)]
+    assert [len(answer) for answer in answers] == [1, 1, 1, 0]
+
+
+async def test_carried_limits_dropped_once_full(make_relay):
+    relay = await make_relay(rate_ping_per_user=6)
+    phone = relay.phone()
+    await phone.register()
+    await phone.exchange(phone.session.ping())
+    await phone.exchange(phone.session.unregister())
+    carried = relay.core.sessions.carried_limits
+    assert list(carried) == [phone.user_id]
+    relay.clock.advance(9)
+    relay.core.tick()
+    assert list(carried) == [phone.user_id]
+    relay.clock.advance(2)  # the PING's token is back after 10 s
+    relay.core.tick()
+    assert carried == {}
+
+
+def test_carried_limits_capped():
+    table = SessionTable(timeout_ms=60_000, linger_ms=0, max_ended=2)
+    for port in range(3):
+        session = _session(f"user-{port}", port)
+        session.ping_full_at = 5_000.0
+        table.add(session)
+        table.remove(session, now_ms=0)
+    assert list(table.carried_limits) == ["user-1", "user-2"]
 
 
 async def test_replayed_packet_dropped_silently(relay):

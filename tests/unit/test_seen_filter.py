@@ -4,6 +4,8 @@ import tracemalloc
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.storage.seen import SeenFilter
 
@@ -71,6 +73,39 @@ def test_turning_generations_takes_no_new_memory():
     assert not seen.may_contain("alice", "m1")
     # Clearing a buffer in place briefly needs one buffer of zeros, no more.
     assert peak <= (1 << 20) // 8 + 16 * 1024
+
+
+# Each step adds a key expiring `offset` ms from now, or sweeps `offset` ms later.
+STEPS = st.lists(
+    st.tuples(st.sampled_from(["add", "sweep"]), st.integers(0, 40)), max_size=60
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=STEPS, window_ms=st.integers(0, 30))
+def test_keys_kept_while_needed(steps, window_ms):
+    """Across many turns, a key stays until its dedup record can be gone."""
+    seen = SeenFilter(bits=1 << 12)
+    now = 0
+    # Per key: its expiry, and the first sweep at or after that expiry.
+    expiry: dict[str, int] = {}
+    swept_at: dict[str, int | None] = {}
+    for step, offset in steps:
+        if step == "add":
+            key = f"m{len(expiry)}"
+            expiry[key] = now + offset
+            swept_at[key] = None
+            seen.add("alice", key, expires_at_ms=now + offset)
+            continue
+        now += offset
+        for key, sweep in list(swept_at.items()):
+            if sweep is not None and now - window_ms > sweep:
+                del swept_at[key]  # its dedup record may be purged now
+            elif sweep is None and now >= expiry[key]:
+                swept_at[key] = now
+        seen.after_sweep(now, window_ms)
+        missing = [key for key in swept_at if not seen.may_contain("alice", key)]
+        assert missing == []
 
 
 @pytest.mark.parametrize("bits", [0, 7, 1000])

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import sqlite3
+import weakref
 
 import pytest
 import structlog
@@ -19,6 +20,7 @@ from tests.unit.test_storage_writer import (
     opened,
     register_users,
     reloaded_index,
+    survivors,
 )
 
 UNLIMITED_PAGES = 1_073_741_823
@@ -146,6 +148,33 @@ async def test_failed_statement_rolls_back_batch(storage):
     assert count_messages(storage.path) == 2
     assert storage.index.snapshot() == await reloaded_index(storage.path)
     await storage.check()
+
+
+async def test_failed_begin_releases_batch(tmp_path):
+    """A batch whose BEGIN failed leaves no payload or future behind while idle."""
+    storage = await opened(tmp_path / "relay.db", busy_timeout_ms=50)
+    try:
+        alice, bob = await register_users(storage, 2)
+        holder = sqlite3.connect(storage.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            futures = [
+                storage.submit_enqueue(message(alice, bob, payload=b"p" * 1_000))
+                for _ in range(20)
+            ]
+            for future in futures:
+                with pytest.raises(StorageUnavailable, match="database is locked"):
+                    await future
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        watched = [weakref.ref(future) for future in futures]
+        del futures, future
+        # The failed futures and their batch form a cycle through the error's
+        # traceback, which only the cyclic collector frees.
+        assert await survivors(watched) == []
+    finally:
+        await storage.close()
 
 
 def overwrite(path, offset: int, data: bytes) -> None:

@@ -81,6 +81,14 @@ async def reloaded_index(path: Path) -> dict:
         return (await MailboxIndex.load(connection)).snapshot()
 
 
+async def survivors(watched: list[weakref.ref]) -> list[weakref.ref]:
+    """Return the watched objects still alive once the loop and the collector ran."""
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the loop run the futures' callbacks
+    gc.collect()
+    return [ref for ref in watched if ref() is not None]
+
+
 @pytest.fixture
 async def storage(tmp_path):
     store = await opened(tmp_path / "relay.db")
@@ -138,10 +146,7 @@ async def test_idle_writer_releases_last_batch(storage):
         await future
     watched = [weakref.ref(future) for future in futures]
     del futures, future
-    for _ in range(3):
-        await asyncio.sleep(0)  # let the loop run the futures' callbacks
-    gc.collect()
-    assert [ref for ref in watched if ref() is not None] == []
+    assert await survivors(watched) == []
 
 
 async def test_pending_writes_count_queued_operations(storage):
