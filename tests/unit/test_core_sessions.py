@@ -97,6 +97,20 @@ async def test_carried_limits_dropped_once_full(make_relay):
     assert carried == {}
 
 
+def test_carried_limits_swept_oldest_first():
+    table = SessionTable(timeout_ms=60_000, linger_ms=0, max_ended=10)
+    for port, full_at in enumerate([1_000.0, 2_000.0, 9_000.0, 3_000.0]):
+        session = _session(f"user-{port}", port)
+        session.message_full_at = full_at
+        table.add(session)
+        table.remove(session, now_ms=0)
+    table.sweep(now_ms=5_000)
+    # user-3 is full too, but waits behind user-2, at most a minute.
+    assert list(table.carried_limits) == ["user-2", "user-3"]
+    table.sweep(now_ms=9_000)
+    assert table.carried_limits == {}
+
+
 def test_carried_limits_capped():
     table = SessionTable(timeout_ms=60_000, linger_ms=0, max_ended=2)
     for port in range(3):
