@@ -236,9 +236,13 @@ class Registrar:
     def _has_room(self, user_id: str, now: int) -> bool:
         """Tell whether a session may be made: always when replacing the user's own."""
         sessions = self.core.sessions
-        if len(sessions) < self.core.settings.max_connections:
+        limit = self.core.settings.max_connections
+        if len(sessions) < limit:
             return True
-        return sessions.of_user(user_id, now) is not None
+        if sessions.of_user(user_id, now) is not None:
+            return True
+        # Looking the user up removes the user's own session if it timed out.
+        return len(sessions) < limit
 
     # --- completion, after the registry has answered -----------------------------
 

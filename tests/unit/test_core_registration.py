@@ -153,6 +153,16 @@ async def test_session_limit_overloaded_but_own_replacement_allowed(make_relay):
     assert len(relay.core.sessions) == 2
 
 
+async def test_full_relay_admits_timed_out_user(make_relay):
+    relay = await make_relay(max_connections=1, session_timeout_s=30)
+    phone = relay.phone()
+    await phone.register()
+    relay.clock.advance(31)  # timed out, and no sweep has run yet
+    again = await phone.register()
+    assert isinstance(again, SessionEstablished)
+    assert len(relay.core.sessions) == 1
+
+
 async def test_new_register_replaces_old_session(relay):
     phone = relay.phone()
     await phone.register()
