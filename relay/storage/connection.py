@@ -187,8 +187,8 @@ async def run_on_thread(
     the next call arrives. A write batch's payloads must not stay in memory
     while the relay is quiet, so the call lets go of its arguments once it
     has them. A failed call returns its exception in a wrapper, emptied
-    here before the exception is raised: as the exception propagates, its
-    traceback gathers the callers' frames, and those contain the batch.
+    here before the exception is raised. The exception's traceback gathers
+    the callers' frames as it propagates, and those contain the batch.
     """
     waiting = [args]
     del args
@@ -201,22 +201,15 @@ async def run_on_thread(
 
     outcome = await connection._execute(call)
     if isinstance(outcome, _RaisedOnThread):
-        raise outcome.take()
+        error, outcome.error = outcome.error, None
+        raise error
     return outcome
 
 
 class _RaisedOnThread:
     """An exception from a call on the database thread, until it is raised."""
 
-    __slots__ = ("_error",)
+    __slots__ = ("error",)
 
     def __init__(self, error: Exception) -> None:
-        self._error: Exception | None = error
-
-    def take(self) -> Exception:
-        """Return the exception and forget it, so that the thread cannot keep it."""
-        error = self._error
-        if error is None:
-            raise RuntimeError("the exception of this call was already taken")
-        self._error = None
-        return error
+        self.error: Exception | None = error

@@ -50,10 +50,9 @@ class SeenFilter:
         self._mask = bits - 1
         self._current = _Generation(bytearray(bits // 8))
         self._sealed: _Generation | None = None
-        # The buffer the next generation starts in. Both generations' memory
-        # is taken now and reused at every turn, so that the relay's memory
-        # does not step up at the first sweep after start, or at any later one.
-        self._spare = bytearray(bits // 8)
+        # The first turn's buffer, taken now so that the relay's memory does
+        # not step up at the first sweep. Later turns reuse the dropped one's.
+        self._spare: bytearray | None = bytearray(bits // 8)
 
     def add(self, sender_id: str, message_id: str, expires_at_ms: int) -> None:
         """Add a key whose message expires (or whose dedup record was made) then."""
@@ -81,14 +80,18 @@ class SeenFilter:
                 return
             if now_ms - dedup_window_ms <= sealed.swept_at_ms:
                 return
-        if sealed is not None:
+        if sealed is None:
+            bits, self._spare = self._spare, None
+        else:
             # Dropped: its buffer, cleared, starts the next generation. Through
             # a memoryview, because a bytearray's own slice assignment copies
             # the zeros first.
-            memoryview(sealed.bits)[:] = bytes(len(sealed.bits))
-            self._spare = sealed.bits
+            bits = sealed.bits
+            memoryview(bits)[:] = bytes(len(bits))
+        # Only the first turn finds no sealed generation.
+        assert bits is not None
         self._sealed = self._current
-        self._current = _Generation(self._spare)
+        self._current = _Generation(bits)
 
     def _positions(self, sender_id: str, message_id: str) -> tuple[int, ...]:
         # Double hashing gives the PROBES (4) positions from one hash. They

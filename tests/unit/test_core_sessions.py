@@ -53,7 +53,7 @@ async def test_registering_again_keeps_rate_limits(make_relay):
     assert len(await other.exchange(other.session.ping())) == 1
 
 
-async def test_unregister_then_register_keeps_rate_limits(make_relay):
+async def test_unregister_keeps_rate_limits(make_relay):
     relay = await make_relay(rate_ping_per_user=6)
     phone = relay.phone()
     await phone.register()

@@ -58,7 +58,7 @@ def test_zero_window_drops_after_next_sweep():
     assert not seen.may_contain("alice", "m1")
 
 
-def test_turning_generations_takes_no_new_memory():
+def test_generation_turns_allocate_nothing():
     seen = SeenFilter(bits=1 << 20)  # 128 KiB a generation
     tracemalloc.start()
     try:
