@@ -37,6 +37,7 @@ class Options:
     send_window: int = 16
     recipients: int = 50
     durable_messages: int = 100_000
+    latency_warmup_s: float = 2.0  # at half rate, after the durable phase's full load
     latency_duration_s: float = 10.0
     cycle_pairs: int = 128
     cycle_window: int = 8
@@ -68,6 +69,7 @@ def quick_options() -> Options:
         senders=16,
         recipients=10,
         durable_messages=5_000,
+        latency_warmup_s=0.5,
         latency_duration_s=2.0,
         cycle_pairs=32,
         cycle_duration_s=2.0,

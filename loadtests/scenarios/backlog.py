@@ -118,9 +118,17 @@ async def _durable(context, fleet, senders, pick, payload) -> dict:
 
 
 async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
+    """Send at half the durable rate: a warm-up, then the measured window.
+
+    The warm-up's latencies are reported apart. During it the relay is
+    still finishing the work the full load left behind (the pages it wrote
+    and the log's copy), which is a cost of the durable phase and not of a
+    steady half rate.
+    """
     options = context.options
     started_at = context.timeline.mark("half rate")
-    duration = options.latency_duration_s
+    warmup = options.latency_warmup_s
+    duration = warmup + options.latency_duration_s
     with context.progress("backlog: half rate", round(duration, 1), "s") as bar:
         began = time.perf_counter()
 
@@ -130,7 +138,11 @@ async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
         sent = await paced(fleet, senders, pick, payload, rate, duration, progress)
         await settle_answers(fleet, 10.0)
     ended_at = context.timeline.now()
-    latencies = context.timeline.samples("message_to_queued", started_at, ended_at)
+    measured_from = started_at + warmup
+    warmup_latencies = context.timeline.samples(
+        "message_to_queued", started_at, measured_from
+    )
+    latencies = context.timeline.samples("message_to_queued", measured_from, ended_at)
     slow = [
         round(at_s - started_at, 3)
         for at_s, value in context.timeline.timed_samples("message_to_queued")
@@ -139,6 +151,8 @@ async def _half_rate(context, fleet, senders, pick, payload, rate) -> dict:
     return {
         "slow_answers_at_s": slow[:: max(1, len(slow) // 200)],
         "target_rate_per_s": round(rate, 1),
+        "warmup_s": warmup,
+        "warmup_latency_p99_ms": percentile_ms(warmup_latencies, 0.99),
         "sent": sent,
         "answered": len(latencies),
         "latency_p50_ms": percentile_ms(latencies, 0.50),

@@ -65,8 +65,8 @@ def is_corruption(exc: BaseException) -> bool:
     )
 
 
-class HeaderReader:
-    """Reads the database file's first 16 bytes through one descriptor kept open.
+class DatabaseFile:
+    """The database file through one descriptor kept open: its header and its syncs.
 
     Closing any descriptor of a file drops every POSIX lock the process
     holds on it, SQLite's included. A checker that opened and closed the
@@ -83,10 +83,16 @@ class HeaderReader:
     def read_magic(self) -> bytes:
         """Return the bytes where SQLite keeps SQLITE_MAGIC; blocking."""
         if self._descriptor is None:
-            raise ValueError("header reader is closed")
+            raise ValueError("database file is closed")
         if not self.path.exists():
             raise FileNotFoundError(self.path)
         return os.pread(self._descriptor, len(SQLITE_MAGIC), 0)
+
+    def sync_data(self) -> None:
+        """Write the file's changed pages through to the disk; blocking."""
+        if self._descriptor is None:
+            raise ValueError("database file is closed")
+        os.fdatasync(self._descriptor)
 
     def close(self) -> None:
         """Close the descriptor; call only after every connection is closed."""

@@ -37,7 +37,7 @@ from relay.storage.base import (
 from relay.storage.checkpoint import Checkpointer, open_checkpointer
 from relay.storage.connection import (
     SQLITE_MAGIC,
-    HeaderReader,
+    DatabaseFile,
     connect,
     is_corruption,
     prepare_file,
@@ -132,7 +132,7 @@ class SqliteStorage:
         self._max_statement_variables = max_statement_variables
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
-        self._header: HeaderReader | None = None
+        self._file: DatabaseFile | None = None
         self._checkpointer: Checkpointer | None = None
         self._seen: SeenFilter | None = None
         self._closed = False
@@ -162,11 +162,11 @@ class SqliteStorage:
         max_variables = min(
             library_limit, self._max_statement_variables or library_limit
         )
-        write_connection = reader = header = None
+        write_connection = reader = database_file = None
         try:
             write_connection = await self._connect(read_only=False)
             reader = await self._connect(read_only=True)
-            header = HeaderReader(self.path)
+            database_file = DatabaseFile(self.path)
             seen = SeenFilter()
             index = await MailboxIndex.load(write_connection, seen)
             await _load_dedup_keys(write_connection, seen)
@@ -174,10 +174,10 @@ class SqliteStorage:
             for connection in (reader, write_connection):
                 if connection is not None:
                     await _close_quietly(connection)
-            if header is not None:
-                header.close()
+            if database_file is not None:
+                database_file.close()
             raise self._open_failed(exc) from exc
-        self._header = header
+        self._file = database_file
         self._seen = seen
         self.open_error = None
         self._read_corruption = None
@@ -189,7 +189,10 @@ class SqliteStorage:
         writer = self._writer
         try:
             self._checkpointer = open_checkpointer(
-                self.path, lambda: writer.commit_count, writer.request_checkpoint
+                self.path,
+                lambda: writer.commit_count,
+                writer.request_checkpoint,
+                database_file.sync_data,
             )
         except sqlite3.Error as exc:
             # Checkpoints then run only inside commits, as SQLite does alone.
@@ -234,9 +237,9 @@ class SqliteStorage:
             except (sqlite3.Error, ValueError) as exc:
                 log.warning("wal_checkpoint_failed", error=str(exc))
             await _close_quietly(writer.connection)
-            if self._header is not None:
-                self._header.close()
-                self._header = None
+            if self._file is not None:
+                self._file.close()
+                self._file = None
         except asyncio.CancelledError:
             # A caller's deadline ran out. Stopping the connection threads
             # without waiting lets the process exit, because aiosqlite's
@@ -436,9 +439,9 @@ class SqliteStorage:
         the file itself.
         """
         try:
-            if self._header is None:
+            if self._file is None:
                 raise StorageUnavailable("storage is closed")
-            magic = await asyncio.to_thread(self._header.read_magic)
+            magic = await asyncio.to_thread(self._file.read_magic)
         except FileNotFoundError:
             raise StorageUnavailable(f"database file {self.path} is missing") from None
         except OSError as exc:

@@ -14,6 +14,7 @@ from relay.storage.checkpoint import (
     WRITER_COPY_PAGES,
     Checkpointer,
 )
+from relay.storage.connection import DatabaseFile
 from tests.unit.test_storage_writer import message, opened, register_users
 
 
@@ -84,6 +85,53 @@ async def test_log_restarts_while_writes_never_pause(tmp_path):
     # automatic checkpoint at 40,000 pages.
     restarts = sum(1 for a, b in itertools.pairwise(lengths) if b < a)
     assert restarts >= 1
+
+
+async def test_store_checkpointer_syncs_database_file(tmp_path):
+    store = await opened(tmp_path / "relay.db")
+    alice, bob = await register_users(store, 2)
+    checkpointer = store._checkpointer
+    syncs = []
+    sync_file = checkpointer._sync_file
+    checkpointer._sync_file = lambda: (sync_file(), syncs.append(1))
+    try:
+        assert await store.enqueue(message(alice, bob)) == AckStatus.QUEUED
+        await checkpointer._pass()
+        # The timed passes may have synced too.
+        assert len(syncs) >= 1
+        assert checkpointer.failures == 0
+    finally:
+        await store.close()
+
+
+def test_pass_syncs_file_only_after_copying(tmp_path):
+    path = tmp_path / "relay.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE rows (data BLOB)")
+    writer.execute("INSERT INTO rows VALUES (randomblob(20000))")
+    database_file = DatabaseFile(path)
+    syncs = []
+
+    def sync_file() -> None:
+        database_file.sync_data()
+        syncs.append(1)
+
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    checkpointer = Checkpointer(connection, lambda: 0, lambda: None, sync_file)
+    try:
+        assert checkpointer._checkpoint() > 0
+        assert syncs == [1]
+        assert wal_frames_left(path) == 0
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # An empty log has nothing to copy, so nothing to sync.
+        assert checkpointer._checkpoint() == 0
+        assert syncs == [1]
+    finally:
+        for opened_connection in (connection, writer):
+            opened_connection.close()
+        database_file.close()
 
 
 async def test_checkpointer_idle_without_commits(tmp_path):
