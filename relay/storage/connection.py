@@ -1,5 +1,6 @@
 """Open the database file: migrations first, then configured aiosqlite connections."""
 
+import errno
 import os
 import sqlite3
 from collections.abc import Callable
@@ -65,8 +66,12 @@ def is_corruption(exc: BaseException) -> bool:
     )
 
 
+class DatabaseFileReplaced(OSError):
+    """The database path names another file than the one the relay has open."""
+
+
 class DatabaseFile:
-    """The database file through one descriptor kept open: its header and its syncs.
+    """The database file through one descriptor kept open: its header, place and syncs.
 
     Closing any descriptor of a file drops every POSIX lock the process
     holds on it, SQLite's included. A checker that opened and closed the
@@ -82,11 +87,31 @@ class DatabaseFile:
 
     def read_magic(self) -> bytes:
         """Return the bytes where SQLite keeps SQLITE_MAGIC; blocking."""
+        self.check_in_place()
+        return os.pread(self._descriptor, len(SQLITE_MAGIC), 0)
+
+    def check_in_place(self) -> None:
+        """Raise unless the path still names the open file; blocking.
+
+        The relay's connections keep a deleted or renamed file open and go
+        on committing to it, but a restart opens whatever the path names,
+        so those commits would be lost. Raises FileNotFoundError when the
+        path names nothing and DatabaseFileReplaced when it names another
+        file.
+        """
         if self._descriptor is None:
             raise ValueError("database file is closed")
-        if not self.path.exists():
-            raise FileNotFoundError(self.path)
-        return os.pread(self._descriptor, len(SQLITE_MAGIC), 0)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, "database file deleted while open", str(self.path)
+            ) from None
+        opened = os.fstat(self._descriptor)
+        if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+            raise DatabaseFileReplaced(
+                errno.ESTALE, "database file replaced while open", str(self.path)
+            )
 
     def sync_data(self) -> None:
         """Write the file's changed pages through to the disk; blocking."""

@@ -38,6 +38,7 @@ from relay.storage.checkpoint import Checkpointer, open_checkpointer
 from relay.storage.connection import (
     SQLITE_MAGIC,
     DatabaseFile,
+    DatabaseFileReplaced,
     connect,
     is_corruption,
     prepare_file,
@@ -183,7 +184,12 @@ class SqliteStorage:
         self._read_corruption = None
         self._reader = reader
         self._writer = GroupCommitWriter(
-            write_connection, index, self.quotas, self.write_batch_max, max_variables
+            write_connection,
+            index,
+            self.quotas,
+            self.write_batch_max,
+            max_variables,
+            database_file.check_in_place,
         )
         self._writer.start()
         writer = self._writer
@@ -443,7 +449,14 @@ class SqliteStorage:
                 raise StorageUnavailable("storage is closed")
             magic = await asyncio.to_thread(self._file.read_magic)
         except FileNotFoundError:
-            raise StorageUnavailable(f"database file {self.path} is missing") from None
+            missing = f"database file {self.path} is missing"
+            raise StorageUnavailable(
+                f"{missing}: restore it and restart the relay"
+            ) from None
+        except DatabaseFileReplaced:
+            raise StorageUnavailable(
+                f"database file {self.path} was replaced while open: restart the relay"
+            ) from None
         except OSError as exc:
             self._note_read_error(f"cannot read {self.path}: {exc}")
             raise StorageUnavailable(f"cannot read {self.path}: {exc}") from exc

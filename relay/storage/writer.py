@@ -21,6 +21,7 @@ import enum
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 
 import aiosqlite
 import structlog
@@ -65,8 +66,10 @@ class GroupCommitWriter:
         quotas: Quotas,
         batch_max: int,
         max_variables: int,
+        check_file: Callable[[], None] | None = None,
     ) -> None:
         self._db = connection
+        self._check_file = check_file
         self.index = index
         self._quotas = quotas
         self._batch_max = batch_max
@@ -225,6 +228,10 @@ class GroupCommitWriter:
         transaction.run(batch)
         self._stage = _Stage.COMMITTING
         connection.execute("COMMIT")
+        if self._check_file is not None:
+            # A commit to a file deleted or replaced under the relay is lost
+            # at the next start, so its batch fails instead of succeeding.
+            self._check_file()
         self._stage = _Stage.IDLE
         return connection.total_changes != changes_before, transaction.changes
 
@@ -308,8 +315,9 @@ class GroupCommitWriter:
 
 
 def _is_database_error(exc: BaseException) -> bool:
-    # aiosqlite raises ValueError once its connection is closed.
-    return isinstance(exc, sqlite3.Error | ValueError)
+    # aiosqlite raises ValueError once its connection is closed, and the
+    # file check raises OSError for a deleted or replaced file.
+    return isinstance(exc, sqlite3.Error | ValueError | OSError)
 
 
 def _fail(batch: list[WriteOperation], exc: BaseException) -> None:

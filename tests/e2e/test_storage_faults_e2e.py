@@ -180,6 +180,29 @@ class NamespacedRelay(RelayProcess):
         )
 
 
+def test_deleted_database_refuses_messages(relay_factory, tmp_path):
+    # The relay's connections keep the deleted file open and could go on
+    # committing to it, but those commits would be gone at the next start.
+    relay = relay_factory(tmp_path / "volume", **FAST_RETRY)
+    alice = UdpPhone(relay.udp_address, relay.relay_public_key)
+    bob = UdpPhone(relay.udp_address, relay.relay_public_key)
+    try:
+        alice.register()
+        bob.register()
+        assert send_and_wait(alice, bob) == AckStatus.QUEUED
+
+        os.unlink(relay.database)
+        assert relay.wait_for(lambda: relay.health()[0] == 503, 10)
+        _, health = relay.health()
+        assert "is missing" in " ".join(health["reasons"])
+        assert send_and_wait(alice, bob) == AckStatus.UNAVAILABLE
+        assert relay.wait_for(lambda: error_lines(relay, "database_write_failed"), 5)
+        assert relay.process.poll() is None
+    finally:
+        alice.close()
+        bob.close()
+
+
 def namespaces_available() -> bool:
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
         return False

@@ -283,3 +283,32 @@ async def test_failed_batches_logged_once_per_interval(storage):
     assert len(lines) == 1
     assert lines[0]["failures_since_last_log"] == 0
     assert storage.failed_batch_count == 4
+
+
+async def test_deleted_file_fails_writes(storage):
+    alice, bob = await register_users(storage, 2)
+    os.unlink(storage.path)
+    rejected = pytest.raises(StorageUnavailable, match="deleted while open")
+    with structlog.testing.capture_logs() as logs, rejected:
+        await storage.enqueue(message(alice, bob))
+    failures = [line for line in logs if line["event"] == "database_write_failed"]
+    assert [line["log_level"] for line in failures] == ["error"]
+    with pytest.raises(StorageUnavailable, match="is missing"):
+        await storage.check()
+
+
+async def test_replaced_file_fails_until_moved_back(storage):
+    alice, bob = await register_users(storage, 2)
+    moved = storage.path.with_name("moved.db")
+    os.rename(storage.path, moved)
+    storage.path.write_bytes(moved.read_bytes())
+    with pytest.raises(StorageUnavailable, match="replaced while open"):
+        await storage.enqueue(message(alice, bob))
+    with pytest.raises(StorageUnavailable, match="restart the relay"):
+        await storage.check()
+
+    os.replace(moved, storage.path)
+    assert await storage.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    await storage.check()
+    # The failed batch committed to the moved file, which is back in place.
+    assert count_messages(storage.path) == 2
