@@ -7,7 +7,7 @@ never waits for the database.
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from relay.ops.health import read_figures
 
@@ -20,7 +20,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 
 class StorageCollector:
-    """Collects relay_database_* and related gauges from the SQLite storage."""
+    """Collects relay_database_* and related figures from the SQLite storage."""
 
     def __init__(self, storage: "SqliteStorage", clock: Callable[[], int]) -> None:
         self.storage = storage
@@ -67,6 +67,12 @@ class StorageCollector:
             "relay_disk_size_bytes",
             "Size of the database's volume (0 when it cannot be read).",
             figures.disk_total_bytes or 0,
+        )
+        yield CounterMetricFamily(
+            "relay_wal_checkpoint_failures",
+            "WAL checkpoints and database file syncs beside the writer that "
+            "failed; the log then grows until the writer's own checkpoint copies it.",
+            value=storage.checkpoint_failures,
         )
         yield _gauge(
             "relay_commit_latency_p95_seconds",

@@ -135,6 +135,7 @@ class SqliteStorage:
         self._writer: GroupCommitWriter | None = None
         self._file: DatabaseFile | None = None
         self._checkpointer: Checkpointer | None = None
+        self._earlier_checkpoint_failures = 0  # of checkpointers closed before
         self._seen: SeenFilter | None = None
         self._closed = False
         self._read_error: str | None = None
@@ -234,8 +235,12 @@ class SqliteStorage:
             return
         self._closed = True
         try:
-            if self._checkpointer is not None:
-                await self._checkpointer.stop()
+            checkpointer, self._checkpointer = self._checkpointer, None
+            if checkpointer is not None:
+                try:
+                    await checkpointer.stop()
+                finally:
+                    self._earlier_checkpoint_failures += checkpointer.failures
             await writer.stop()
             await _close_quietly(reader)
             try:
@@ -526,6 +531,14 @@ class SqliteStorage:
     @property
     def failed_batch_count(self) -> int:
         return 0 if self._writer is None else self._writer.failed_batch_count
+
+    @property
+    def checkpoint_failures(self) -> int:
+        """WAL checkpoints or syncs beside the writer that failed, since start."""
+        current = self._checkpointer
+        return self._earlier_checkpoint_failures + (
+            0 if current is None else current.failures
+        )
 
     @property
     def commit_latencies_ms(self) -> list[float]:

@@ -6,6 +6,7 @@ import sqlite3
 import sys
 import time
 
+from relay.ops.storage_metrics import StorageCollector
 from relay.protocol.constants import AckStatus
 from relay.storage.base import Quotas
 from relay.storage.checkpoint import (
@@ -196,3 +197,27 @@ def test_checkpointer_passes_bounded():
 
 def test_checkpointer_restarted_log_needs_no_writer():
     assert run_copy([1_500, 40]) == (2, 0)
+
+
+async def test_failed_passes_counted_for_metrics(tmp_path):
+    store = await opened(tmp_path / "relay.db")
+    checkpointer = store._checkpointer
+    alice, bob = await register_users(store, 2)
+    assert await store.enqueue(message(alice, bob)) == AckStatus.QUEUED
+    # A pass on a closed connection fails as a broken one would.
+    checkpointer._db.close()
+    for _ in range(40):
+        if checkpointer.failures:
+            break
+        await asyncio.sleep(CHECKPOINT_INTERVAL_S / 4)
+    assert checkpointer.failures >= 1
+    assert store.checkpoint_failures == checkpointer.failures
+    metrics = {
+        metric.name: metric for metric in StorageCollector(store, lambda: 0).collect()
+    }
+    (sample,) = metrics["relay_wal_checkpoint_failures"].samples
+    assert sample.value == checkpointer.failures
+    failures = checkpointer.failures
+    await store.close()
+    # The count survives the close, so the counter never goes back.
+    assert store.checkpoint_failures == failures
