@@ -203,6 +203,31 @@ def test_deleted_database_refuses_messages(relay_factory, tmp_path):
         bob.close()
 
 
+def test_replaced_database_recovers_when_moved_back(relay_factory, tmp_path):
+    relay = relay_factory(tmp_path / "volume", **FAST_RETRY)
+    alice = UdpPhone(relay.udp_address, relay.relay_public_key)
+    bob = UdpPhone(relay.udp_address, relay.relay_public_key)
+    moved = relay.database.with_name("moved-aside.db")
+    try:
+        alice.register()
+        bob.register()
+        assert send_and_wait(alice, bob) == AckStatus.QUEUED
+
+        os.rename(relay.database, moved)
+        shutil.copyfile(moved, relay.database)
+        assert relay.wait_for(lambda: relay.health()[0] == 503, 10)
+        _, health = relay.health()
+        assert "was replaced while open" in " ".join(health["reasons"])
+        assert send_and_wait(alice, bob) == AckStatus.UNAVAILABLE
+
+        os.replace(moved, relay.database)
+        assert relay.wait_for(lambda: relay.health()[0] == 200, 15)
+        assert send_and_wait(alice, bob) == AckStatus.QUEUED
+    finally:
+        alice.close()
+        bob.close()
+
+
 def namespaces_available() -> bool:
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
         return False
