@@ -88,7 +88,7 @@ class DatabaseFile:
     def read_magic(self) -> bytes:
         """Return the bytes where SQLite keeps SQLITE_MAGIC; blocking."""
         self.check_in_place()
-        return os.pread(self._descriptor, len(SQLITE_MAGIC), 0)
+        return os.pread(self._open_descriptor(), len(SQLITE_MAGIC), 0)
 
     def check_in_place(self) -> None:
         """Raise unless the path still names the open file; blocking.
@@ -99,15 +99,14 @@ class DatabaseFile:
         path names nothing and DatabaseFileReplaced when it names another
         file.
         """
-        if self._descriptor is None:
-            raise ValueError("database file is closed")
+        descriptor = self._open_descriptor()
         try:
             named = os.stat(self.path)
         except FileNotFoundError:
             raise FileNotFoundError(
                 errno.ENOENT, "database file deleted while open", str(self.path)
             ) from None
-        opened = os.fstat(self._descriptor)
+        opened = os.fstat(descriptor)
         if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
             raise DatabaseFileReplaced(
                 errno.ESTALE, "database file replaced while open", str(self.path)
@@ -115,9 +114,12 @@ class DatabaseFile:
 
     def sync_data(self) -> None:
         """Write the file's changed pages through to the disk; blocking."""
+        os.fdatasync(self._open_descriptor())
+
+    def _open_descriptor(self) -> int:
         if self._descriptor is None:
             raise ValueError("database file is closed")
-        os.fdatasync(self._descriptor)
+        return self._descriptor
 
     def close(self) -> None:
         """Close the descriptor; call only after every connection is closed."""

@@ -454,9 +454,9 @@ class SqliteStorage:
                 raise StorageUnavailable("storage is closed")
             magic = await asyncio.to_thread(self._file.read_magic)
         except FileNotFoundError:
-            missing = f"database file {self.path} is missing"
             raise StorageUnavailable(
-                f"{missing}: restore it and restart the relay"
+                f"database file {self.path} is missing: restore it and restart"
+                " the relay"
             ) from None
         except DatabaseFileReplaced:
             raise StorageUnavailable(

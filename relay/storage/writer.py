@@ -183,7 +183,7 @@ class GroupCommitWriter:
     async def _commit(self, batch: list[WriteOperation]) -> None:
         self._in_flight = len(batch)
         try:
-            changes = await self._run_transaction(batch)
+            changes, misplaced = await self._run_transaction(batch)
         except Exception as exc:
             await self._recover(exc, len(batch))
             _fail(batch, exc)
@@ -194,6 +194,12 @@ class GroupCommitWriter:
         finally:
             self._in_flight = 0
         self._apply(changes)
+        if misplaced is not None:
+            # The commit went to a file deleted or replaced under the relay,
+            # which the next start will not open, so the batch fails.
+            self._record_failure(misplaced, len(batch))
+            _fail(batch, misplaced)
+            return
         # Enqueues first: callbacks run in the order of set_result, and a
         # sender must hear QUEUED before the DELIVERED of an ACK in the
         # same batch, even when the ACK was queued first.
@@ -201,23 +207,30 @@ class GroupCommitWriter:
             if not operation.future.done():
                 operation.future.set_result(operation.result(self.index))
 
-    async def _run_transaction(self, batch: list[WriteOperation]) -> IndexChanges:
+    async def _run_transaction(
+        self, batch: list[WriteOperation]
+    ) -> tuple[IndexChanges, OSError | None]:
+        """Commit the batch; return its index changes and the file check's error."""
         if self._index_stale:
             await self._rebuild_index()
         started = time.perf_counter()
-        changed, changes = await run_on_thread(self._db, self._transact, batch)
-        self._record_commit(started, len(batch), changed)
-        return changes
+        changed, changes, misplaced = await run_on_thread(
+            self._db, self._transact, batch
+        )
+        if misplaced is None:
+            self._record_commit(started, len(batch), changed)
+        return changes, misplaced
 
     def _transact(
         self, connection: sqlite3.Connection, batch: list[WriteOperation]
-    ) -> tuple[bool, IndexChanges]:
+    ) -> tuple[bool, IndexChanges, OSError | None]:
         """Run one batch from BEGIN to COMMIT on the database thread.
 
         The whole transaction is one trip to the thread and back. Statement
         by statement, each trip waited for a turn of the event loop, which
         under load is busy with a burst of datagrams. Returns whether the
-        batch changed any row, and its changes to the index.
+        batch changed any row, its changes to the index, and the error of
+        the file check when the path no longer names the committed file.
         """
         transaction = BatchTransaction(
             connection, self.index, self._quotas, self._max_variables
@@ -228,12 +241,19 @@ class GroupCommitWriter:
         transaction.run(batch)
         self._stage = _Stage.COMMITTING
         connection.execute("COMMIT")
-        if self._check_file is not None:
-            # A commit to a file deleted or replaced under the relay is lost
-            # at the next start, so its batch fails instead of succeeding.
-            self._check_file()
         self._stage = _Stage.IDLE
-        return connection.total_changes != changes_before, transaction.changes
+        changed = connection.total_changes != changes_before
+        return changed, transaction.changes, self._misplaced_file()
+
+    def _misplaced_file(self) -> OSError | None:
+        """Return the file check's error when the path no longer names this file."""
+        if self._check_file is None:
+            return None
+        try:
+            self._check_file()
+        except OSError as exc:
+            return exc
+        return None
 
     async def _checkpoint(self) -> None:
         # Between batches the copy can reach the log's end, so the next BEGIN
@@ -316,7 +336,7 @@ class GroupCommitWriter:
 
 def _is_database_error(exc: BaseException) -> bool:
     # aiosqlite raises ValueError once its connection is closed, and the
-    # file check raises OSError for a deleted or replaced file.
+    # file check reports a deleted or replaced file with an OSError.
     return isinstance(exc, sqlite3.Error | ValueError | OSError)
 
 
