@@ -7,7 +7,7 @@ on (docs/operations.md lists every name).
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from relay.ops.process import cpu_seconds, resident_memory_bytes
+from relay.ops.process import cpu_seconds, resident_memory
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -113,11 +113,15 @@ class RelayCollector:
         storage: "Storage",
         rates: WindowedRates,
         started_monotonic: float,
+        mapped_paths: Collection[str] = (),
     ) -> None:
+        """mapped_paths are files the storage maps into memory, whose
+        resident pages are reported apart from the relay's own memory."""
         self.core = core
         self.storage = storage
         self.rates = rates
         self.started = started_monotonic
+        self.mapped_paths = mapped_paths
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
@@ -270,6 +274,7 @@ class RelayCollector:
         )
 
     def _process(self) -> Iterator[Metric]:
+        memory = resident_memory(self.mapped_paths)
         yield _gauge(
             "relay_cpu_usage_percent",
             "CPU used by the relay process over the last minute, percent of one core.",
@@ -277,8 +282,15 @@ class RelayCollector:
         )
         yield _gauge(
             "relay_memory_usage_bytes",
-            "Resident memory of the relay process.",
-            resident_memory_bytes(),
+            "Resident memory of the relay process, without the pages of the "
+            "database file it maps (relay_database_mapped_bytes).",
+            memory.held,
+        )
+        yield _gauge(
+            "relay_database_mapped_bytes",
+            "Resident pages of the memory-mapped database file and WAL index: "
+            "page cache the kernel takes back under memory pressure.",
+            memory.mapped_files,
         )
         yield _gauge(
             "relay_uptime_seconds",

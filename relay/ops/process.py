@@ -2,8 +2,26 @@
 
 import os
 import resource
+from collections.abc import Collection
+from typing import NamedTuple
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+# A mapping's header line in /proc/PID/smaps ends with its file's path, and
+# the kernel appends this when the file was deleted or replaced since.
+_DELETED = " (deleted)"
+
+
+class ResidentMemory(NamedTuple):
+    """Resident bytes of the process, and the part that maps given files."""
+
+    total: int
+    mapped_files: int
+
+    @property
+    def held(self) -> int:
+        """Resident bytes that are not pages of the mapped files."""
+        return self.total - self.mapped_files
 
 
 def resident_memory_bytes() -> int:
@@ -14,6 +32,42 @@ def resident_memory_bytes() -> int:
     except OSError:
         # ru_maxrss is the peak in KiB on Linux; a fallback, not the current value.
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def resident_memory(mapped_paths: Collection[str]) -> ResidentMemory:
+    """Return the resident set size and how much of it maps the given files.
+
+    SQLite maps the database file (mmap_size), so every page a query reads
+    counts in the process's RSS, up to the whole mapping. Those pages are
+    the kernel's page cache: shared, clean and dropped under memory
+    pressure, unlike the heap. Reads /proc/self/smaps; where it cannot be
+    read, no pages count as mapped.
+    """
+    total = resident_memory_bytes()
+    if not mapped_paths:
+        return ResidentMemory(total, 0)
+    try:
+        mapped = _mapped_rss(set(mapped_paths))
+    except OSError:
+        mapped = 0
+    return ResidentMemory(total, min(mapped, total))
+
+
+def _mapped_rss(paths: set[str]) -> int:
+    """Sum the Rss lines of the mappings of these files in /proc/self/smaps."""
+    counted = False
+    total_kib = 0
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            if line.startswith("Rss:"):
+                if counted:
+                    total_kib += int(line.split()[1])
+            elif not line[0].isupper():
+                # A mapping's header: "start-end perms offset dev inode [path]".
+                fields = line.rstrip("\n").split(maxsplit=5)
+                path = fields[5].removesuffix(_DELETED) if len(fields) == 6 else ""
+                counted = path in paths
+    return total_kib * 1024
 
 
 def cpu_seconds() -> float:

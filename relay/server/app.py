@@ -154,7 +154,13 @@ class RelayServer:
         self.core = RelayCore(settings, self.storage, relay_key, self.protocol.sendto)
         self.rates = WindowedRates(self.core)
         self.overload = OverloadWatch(self.core)
-        collector = RelayCollector(self.core, self.storage, self.rates, self.started)
+        collector = RelayCollector(
+            self.core,
+            self.storage,
+            self.rates,
+            self.started,
+            mapped_paths=self.storage.mapped_paths(),
+        )
         registry = build_registry(collector)
         registry.register(StorageCollector(self.storage, self.core.clock))
         self.ops = OpsState(self.core, self.storage, registry, self.started)

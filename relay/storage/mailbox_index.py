@@ -7,6 +7,7 @@ grows with the number of stored messages only. The group-commit writer is
 its only writer and changes it only after a successful commit.
 """
 
+from array import array
 from bisect import bisect_left, bisect_right, insort
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import aiosqlite
 
 from relay.storage.seen import SeenFilter
 
-LOAD_CHUNK_ROWS = 10_000
+LOAD_CHUNK_ROWS = 1_000
 
 
 class MessageSummary(NamedTuple):
@@ -40,13 +41,16 @@ class MailboxUsage(NamedTuple):
 
 
 class _Mailbox:
+    # The times are arrays of 64-bit integers, 8 bytes a message, where a
+    # list holds a pointer and an int object, about 40: a relay holding a
+    # week's backlog keeps millions of them.
     __slots__ = ("expiries", "payload_bytes", "per_sender", "receptions")
 
     def __init__(self) -> None:
         self.payload_bytes = 0
         self.per_sender: dict[str, int] = {}
-        self.expiries: list[int] = []
-        self.receptions: list[int] = []
+        self.expiries = array("q")
+        self.receptions = array("q")
 
 
 class MailboxIndex:
@@ -76,8 +80,8 @@ class MailboxIndex:
         finally:
             await cursor.close()
         for mailbox in index._mailboxes.values():
-            mailbox.expiries.sort()
-            mailbox.receptions.sort()
+            mailbox.expiries = array("q", sorted(mailbox.expiries))
+            mailbox.receptions = array("q", sorted(mailbox.receptions))
         return index
 
     def add(self, message: MessageSummary) -> None:
@@ -147,7 +151,7 @@ class MailboxIndex:
         }
 
     def _append(self, message: MessageSummary) -> None:
-        """Add without keeping the lists sorted; load sorts them once at the end."""
+        """Add without keeping the times sorted; load sorts them once at the end."""
         mailbox = self._count_in(message)
         mailbox.expiries.append(message.expires_at_ms)
         mailbox.receptions.append(message.received_at_ms)
@@ -163,8 +167,8 @@ class MailboxIndex:
         return mailbox
 
 
-def _remove_value(values: list[int], value: int) -> None:
-    """Remove one occurrence of value from a sorted list."""
+def _remove_value(values: array, value: int) -> None:
+    """Remove one occurrence of value from a sorted array."""
     position = bisect_left(values, value)
     if position < len(values) and values[position] == value:
         del values[position]

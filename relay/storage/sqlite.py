@@ -13,6 +13,7 @@ more is acknowledged into a file that must be restored from a backup.
 """
 
 import asyncio
+import os
 import sqlite3
 import time
 from dataclasses import replace
@@ -508,6 +509,14 @@ class SqliteStorage:
             oldest_received_at_ms=writer.index.oldest_received_at_ms(),
             pending_writes=writer.pending_operations,
         )
+
+    def mapped_paths(self) -> tuple[str, ...]:
+        """Return the files SQLite maps into memory: the database and its WAL index.
+
+        Resolved as the kernel names them in /proc/self/smaps.
+        """
+        database = os.path.realpath(self.path)
+        return (database, database + "-shm")
 
     @property
     def index(self) -> MailboxIndex | None:
