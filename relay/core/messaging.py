@@ -20,6 +20,7 @@ from relay.protocol.codec import (
     encode_poll_response,
 )
 from relay.protocol.constants import (
+    MAX_DATAGRAM,
     POLL_DEFAULT_BYTES,
     POLL_MIN_BYTES,
     PUSH_DATAGRAM_LIMIT,
@@ -47,10 +48,14 @@ def new_trace_id() -> str:
 
 
 def poll_budget(requested: int) -> int:
-    """Return the POLL_RESPONSE datagram size a POLL's max_bytes allows."""
+    """Return the POLL_RESPONSE datagram size a POLL's max_bytes allows.
+
+    The field reaches 65,535, but no UDP datagram over IPv4 carries more
+    than MAX_DATAGRAM bytes: a fuller answer would never leave the relay.
+    """
     if requested == 0:
         return POLL_DEFAULT_BYTES
-    return max(requested, POLL_MIN_BYTES)
+    return min(max(requested, POLL_MIN_BYTES), MAX_DATAGRAM)
 
 
 class Messaging:

@@ -8,7 +8,7 @@ on (docs/operations.md lists every name).
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -104,6 +104,13 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
+class EndpointCounts(Protocol):
+    """The error counts the UDP endpoint keeps."""
+
+    send_errors: int
+    handler_errors: int
+
+
 class RelayCollector:
     """Collects the relay's metrics from the core, the storage and the process."""
 
@@ -114,14 +121,17 @@ class RelayCollector:
         rates: WindowedRates,
         started_monotonic: float,
         mapped_paths: Collection[str] = (),
+        endpoint: "EndpointCounts | None" = None,
     ) -> None:
         """mapped_paths are files the storage maps into memory, whose
-        resident pages are reported apart from the relay's own memory."""
+        resident pages are reported apart from the relay's own memory.
+        endpoint is the UDP endpoint, whose error counts are exported."""
         self.core = core
         self.storage = storage
         self.rates = rates
         self.started = started_monotonic
         self.mapped_paths = mapped_paths
+        self.endpoint = endpoint
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
@@ -129,6 +139,22 @@ class RelayCollector:
         yield from self._capacity()
         yield from self._tables()
         yield from self._process()
+        if self.endpoint is not None:
+            yield from self._endpoint(self.endpoint)
+
+    def _endpoint(self, endpoint: "EndpointCounts") -> Iterator[Metric]:
+        yield _counter(
+            "relay_udp_send_errors",
+            "Datagrams the kernel refused to send, and ICMP errors for phones "
+            "that went away.",
+            endpoint.send_errors,
+        )
+        yield _counter(
+            "relay_datagram_handler_errors",
+            "Datagrams whose handling raised an unexpected error (a fault in "
+            "the relay; each is logged, at most every 10 s).",
+            endpoint.handler_errors,
+        )
 
     def _tables(self) -> Iterator[Metric]:
         entries = GaugeMetricFamily(

@@ -160,6 +160,7 @@ class RelayServer:
             self.rates,
             self.started,
             mapped_paths=self.storage.mapped_paths(),
+            endpoint=self.protocol,
         )
         registry = build_registry(collector)
         registry.register(StorageCollector(self.storage, self.core.clock))

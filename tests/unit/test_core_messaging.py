@@ -68,6 +68,19 @@ async def test_poll_budget_splits_and_counts_remaining(relay):
     assert response.response.remaining == 2
 
 
+async def test_poll_answer_fits_one_udp_datagram(relay):
+    alice, bob = await registered(relay, 2)
+    await bob.exchange(bob.session.unregister())
+    # Two entries of this size and the framing make 65,520 bytes: within
+    # the POLL's largest max_bytes, over the largest IPv4 UDP datagram.
+    for _ in range(2):
+        await alice.exchange(alice.message(bob, b"w" * 32_657))
+    await bob.register()
+    (response,) = await bob.exchange(bob.session.poll(65_535))
+    assert len(response.response.entries) == 1
+    assert response.response.remaining == 1
+
+
 async def test_oldest_sent_alone_when_over_budget(relay):
     alice, bob = await registered(relay, 2)
     await bob.exchange(bob.session.unregister())
