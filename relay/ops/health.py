@@ -4,7 +4,8 @@ Unhealthy (HTTP 503) means this instance should not take new phones: the
 database check failed, live sessions passed 90 % of MAX_CONNECTIONS, or a
 figure passed its HEALTH_*_UNHEALTHY threshold. Degraded (HTTP 200) means
 an operator should look soon: a figure passed its HEALTH_*_DEGRADED
-threshold. Every reason is listed in the report.
+threshold, or the mailboxes hold MAX_STORED_MESSAGES. Every reason is
+listed in the report.
 """
 
 import asyncio
@@ -303,11 +304,21 @@ def evaluate(
     database_ok: bool,
     database_error: str,
     queue_size: int,
+    max_queue_size: int | None = None,
     figures: StorageFigures | None = None,
     thresholds: Thresholds | None = None,
 ) -> HealthReport:
     """Build the report; the worst finding decides the status."""
     findings = []
+    if max_queue_size is not None and queue_size >= max_queue_size:
+        # Phones still fetch what waits for them; new messages are refused.
+        findings.append(
+            (
+                DEGRADED,
+                f"{queue_size} messages waiting, MAX_STORED_MESSAGES is "
+                f"{max_queue_size}: new messages are answered UNAVAILABLE",
+            )
+        )
     if not database_ok:
         findings.append((UNHEALTHY, f"database check failed: {database_error}"))
     if active_connections > CONNECTIONS_UNHEALTHY_RATIO * max_connections:

@@ -310,7 +310,7 @@ class RelayCollector:
             "relay_memory_usage_bytes",
             "Resident memory of the relay process, without the pages of the "
             "database file it maps (relay_database_mapped_bytes).",
-            memory.held,
+            memory.own,
         )
         yield _gauge(
             "relay_database_mapped_bytes",

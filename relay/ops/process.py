@@ -19,7 +19,7 @@ class ResidentMemory(NamedTuple):
     mapped_files: int
 
     @property
-    def held(self) -> int:
+    def own(self) -> int:
         """Resident bytes that are not pages of the mapped files."""
         return self.total - self.mapped_files
 

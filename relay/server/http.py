@@ -95,6 +95,7 @@ class OpsState:
             database_ok=database_ok,
             database_error=self.probe.error,
             queue_size=self.storage.stats().queue_size,
+            max_queue_size=self.core.settings.max_stored_messages,
             figures=read_figures(self.storage, self.core.clock()),
             thresholds=self.thresholds,
         )

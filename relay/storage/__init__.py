@@ -13,6 +13,7 @@ def open_storage(settings: Settings) -> SqliteStorage:
         max_messages=settings.mailbox_max_messages,
         max_bytes=settings.mailbox_max_bytes,
         max_per_sender=settings.mailbox_max_per_sender,
+        max_stored=settings.max_stored_messages,
     )
     return SqliteStorage(
         settings.database_path,

@@ -29,9 +29,12 @@ class StorageUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    max_messages: int
-    max_bytes: int
-    max_per_sender: int
+    max_messages: int  # per mailbox
+    max_bytes: int  # per mailbox
+    max_per_sender: int  # per mailbox, from one sender
+    # All mailboxes together; None for no limit. The mailbox index keeps
+    # every stored message in memory, so this bounds its size.
+    max_stored: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,16 +84,22 @@ INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at
 VALUES {rows}
 """
 
-_RECORD_EXPIRED = """
-INSERT OR REPLACE INTO dedup_records (sender_id, message_id, status, recorded_at_ms)
-SELECT sender_id, message_id, ?, ? FROM mailbox_messages WHERE expires_at_ms <= ?
-"""
-
+# Both take the oldest rows first, through the indexes by expiry and by age,
+# and at most a given number, so that a sweep after a long stop or a mass
+# expiry never loads or deletes everything in one transaction.
 _DELETE_EXPIRED = f"""
-DELETE FROM mailbox_messages WHERE expires_at_ms <= ? RETURNING {SUMMARY_COLUMNS}
+DELETE FROM mailbox_messages WHERE seq IN (
+    SELECT seq FROM mailbox_messages WHERE expires_at_ms <= ?
+    ORDER BY expires_at_ms LIMIT ?
+) RETURNING message_id, {SUMMARY_COLUMNS}
 """
 
-_PURGE_DEDUP_RECORDS = "DELETE FROM dedup_records WHERE recorded_at_ms < ?"
+_PURGE_DEDUP_RECORDS = """
+DELETE FROM dedup_records WHERE (sender_id, message_id) IN (
+    SELECT sender_id, message_id FROM dedup_records WHERE recorded_at_ms < ?
+    ORDER BY recorded_at_ms LIMIT ?
+)
+"""
 
 # A write probe inserts and deletes this dedup record in one transaction. The
 # commit appends pages to the WAL like any batch, and leaves no row behind.
@@ -248,6 +254,8 @@ class BatchTransaction:
                 continue
             if not recipient_known:
                 op.status = AckStatus.UNKNOWN_RECIPIENT
+            elif quota.relay_full():
+                op.status = AckStatus.UNAVAILABLE
             elif not quota.admit(op.message):
                 op.status = AckStatus.MAILBOX_FULL
             else:
@@ -352,13 +360,17 @@ class BatchTransaction:
 
     def _sweep(self, op: SweepExpired) -> None:
         cutoff_ms = op.now_ms - op.dedup_window_ms
-        purge = self._db.execute(_PURGE_DEDUP_RECORDS, (cutoff_ms,))
-        self._db.execute(_RECORD_EXPIRED, (_STATUS_EXPIRED, op.now_ms, op.now_ms))
-        rows = self._db.execute(_DELETE_EXPIRED, (op.now_ms,)).fetchall()
-        self.changes.removed.extend(MessageSummary._make(row) for row in rows)
-        op.outcome = Sweep(
-            expired_messages=len(rows), purged_dedup_records=purge.rowcount
-        )
+        purge = self._db.execute(_PURGE_DEDUP_RECORDS, (cutoff_ms, op.limit))
+        purged = purge.rowcount
+        rows = self._db.execute(_DELETE_EXPIRED, (op.now_ms, op.limit)).fetchall()
+        records = []
+        for message_id, *columns in rows:
+            summary = MessageSummary._make(columns)
+            self.changes.removed.append(summary)
+            records.append((summary.sender_id, message_id, _STATUS_EXPIRED, op.now_ms))
+        if records:
+            self._insert_rows(_RECORD_OUTCOMES, records)
+        op.outcome = Sweep(expired_messages=len(rows), purged_dedup_records=purged)
 
     def _erase(self, op: EraseUser) -> None:
         user = (op.user_id,)

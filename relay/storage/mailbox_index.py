@@ -41,9 +41,9 @@ class MailboxUsage(NamedTuple):
 
 
 class _Mailbox:
-    # The times are arrays of 64-bit integers, 8 bytes a message, where a
-    # list holds a pointer and an int object, about 40: a relay holding a
-    # week's backlog keeps millions of them.
+    # The times are arrays of 64-bit integers, 8 bytes a message. A list
+    # would store a pointer and an int object for each, about 40 bytes, and
+    # a relay with a week's backlog keeps millions of them.
     __slots__ = ("expiries", "payload_bytes", "per_sender", "receptions")
 
     def __init__(self) -> None:

@@ -54,9 +54,12 @@ class AcknowledgeMessages:
 
 @dataclass(eq=False, slots=True)
 class SweepExpired:
+    """Delete up to limit expired messages and up to limit old dedup records."""
+
     future: asyncio.Future
     now_ms: int
     dedup_window_ms: int
+    limit: int
     outcome: Sweep | None = None
 
     def result(self, index: MailboxIndex) -> Sweep | None:

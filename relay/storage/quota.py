@@ -18,6 +18,12 @@ class QuotaCheck:
         self._messages: dict[str, int] = {}
         self._payload_bytes: dict[str, int] = {}
         self._from_sender: dict[tuple[str, str], int] = {}
+        self._admitted = 0
+
+    def relay_full(self) -> bool:
+        """Return whether all mailboxes together hold the most the relay keeps."""
+        limit = self._quotas.max_stored
+        return limit is not None and self._index.message_count + self._admitted >= limit
 
     def admit(self, message: StoredMessage) -> bool:
         """Return whether the message fits every quota, and count it if so."""
@@ -41,4 +47,5 @@ class QuotaCheck:
             self._payload_bytes.get(recipient_id, 0) + size
         )
         self._from_sender[pair] = self._from_sender.get(pair, 0) + 1
+        self._admitted += 1
         return True

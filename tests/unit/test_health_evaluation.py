@@ -126,6 +126,28 @@ def test_connections_over_ninety_percent_unhealthy():
     assert "active connections 9001" in result.reasons[0]
 
 
+def test_stored_message_limit_degrades():
+    def with_limit(limit):
+        return evaluate(
+            uptime_seconds=1.0,
+            active_connections=0,
+            max_connections=10_000,
+            database_ok=True,
+            database_error="",
+            queue_size=3,
+            max_queue_size=limit,
+        )
+
+    assert with_limit(4).status == HEALTHY
+    result = with_limit(3)
+    assert result.status == DEGRADED
+    assert result.http_status == 200
+    assert result.reasons == [
+        "degraded: 3 messages waiting, MAX_STORED_MESSAGES is 3: "
+        "new messages are answered UNAVAILABLE"
+    ]
+
+
 def test_gauges_cover_every_figure():
     gauges = report(figures(commit_latency_p95_ms=120.0)).gauges()
     assert gauges["health_status"] == 2

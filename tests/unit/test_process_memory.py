@@ -31,7 +31,7 @@ def test_pages_of_a_mapped_file_are_counted_apart(tmp_path):
     finally:
         mapping.close()
     assert memory.mapped_files == _MAPPED_BYTES
-    assert memory.held == memory.total - _MAPPED_BYTES
+    assert memory.own == memory.total - _MAPPED_BYTES
     assert other.mapped_files == 0
     assert resident_memory([]).mapped_files == 0
 
@@ -58,10 +58,10 @@ async def test_memory_gauge_leaves_out_the_mapped_database(relay):
     )
     registry = build_registry(collector)
     mapped = registry.get_sample_value("relay_database_mapped_bytes")
-    held = registry.get_sample_value("relay_memory_usage_bytes")
+    own = registry.get_sample_value("relay_memory_usage_bytes")
     resident = registry.get_sample_value("process_resident_memory_bytes")
     # Opening the database read its schema through the mapping.
     assert mapped > 0
     # The parts add up to the RSS, read a moment apart.
-    assert held + mapped == pytest.approx(resident, abs=1024 * 1024)
+    assert own + mapped == pytest.approx(resident, abs=1024 * 1024)
     assert paths[0] == os.path.realpath(relay.storage.path)

@@ -108,12 +108,15 @@ async def test_open_storage_follows_settings(tmp_path):
         mailbox_max_messages=7,
         mailbox_max_bytes=7_000,
         mailbox_max_per_sender=3,
+        max_stored_messages=70,
         write_batch_max=42,
         database_check_timeout_s=0.5,
     )
     store = open_storage(settings)
     assert store.path == tmp_path / "data" / "relay.db"
-    assert store.quotas == Quotas(max_messages=7, max_bytes=7_000, max_per_sender=3)
+    assert store.quotas == Quotas(
+        max_messages=7, max_bytes=7_000, max_per_sender=3, max_stored=70
+    )
     assert store.write_batch_max == 42
     assert store.check_timeout_s == 0.5
 
@@ -367,6 +370,24 @@ async def test_quota_counts_messages_of_same_batch(tmp_path):
         await store.close()
 
 
+async def test_relay_wide_limit_answers_unavailable(tmp_path):
+    quotas = Quotas(max_messages=10, max_bytes=10_000, max_per_sender=10, max_stored=4)
+    store, (alice, bob, carol) = await quota_storage(tmp_path, quotas)
+    try:
+        to_carol = message(alice, carol)
+        await store.enqueue(to_carol)
+        statuses = await asyncio.gather(
+            *(store.enqueue(message(alice, bob)) for _ in range(4))
+        )
+        assert statuses == [AckStatus.QUEUED] * 3 + [AckStatus.UNAVAILABLE]
+        assert count_rows(store.path, "mailbox_messages") == 4
+        await store.acknowledge(carol, [(alice, to_carol.message_id)], NOW)
+        assert store.stats().queue_size == 3
+        assert await store.enqueue(message(alice, bob)) is AckStatus.QUEUED
+    finally:
+        await store.close()
+
+
 async def test_quota_counts_expired_until_swept(tmp_path):
     store, (alice, bob, _) = await quota_storage(
         tmp_path, Quotas(max_messages=1, max_bytes=10_000, max_per_sender=10)
@@ -560,6 +581,42 @@ async def test_sweep_deletes_expired_and_old_records(storage, alice, bob):
     statuses = query(storage.path, "SELECT status FROM dedup_records")
     assert statuses == [(AckStatus.EXPIRED,), (AckStatus.EXPIRED,)]
     assert storage.stats().queue_size == 1
+
+
+async def test_sweep_works_through_chunks_in_turns(tmp_path):
+    store = SqliteStorage(
+        tmp_path / "relay.db", QUOTAS, write_batch_max=500, sweep_chunk_rows=3
+    )
+    await store.open()
+    try:
+        alice, bob = await register(store), await register(store, KEY_B)
+        for _ in range(4):
+            delivered = message(alice, bob)
+            await store.enqueue(delivered)
+            await store.acknowledge(bob, [(alice, delivered.message_id)], NOW)
+        expiring = [message(alice, bob, expires_at_ms=NOW + 10) for _ in range(7)]
+        for item in expiring:
+            await store.enqueue(item)
+        kept = message(bob, alice, expires_at_ms=NOW + 1_000)
+        await store.enqueue(kept)
+        commits = store.commit_count
+
+        sweep = await store.sweep(NOW + 500, dedup_window_ms=100)
+
+        # 7 messages and 4 old records, 3 a chunk: three chunks, the last short.
+        assert store.commit_count - commits == 3
+        assert sweep.expired_messages == 7
+        assert sweep.purged_dedup_records == 4
+        assert query(store.path, "SELECT message_id FROM mailbox_messages") == [
+            (kept.message_id,)
+        ]
+        records = query(store.path, "SELECT message_id, status FROM dedup_records")
+        expected = {(item.message_id, AckStatus.EXPIRED) for item in expiring}
+        assert set(records) == expected
+        assert store.stats().queue_size == 1
+        assert store.pending_count(bob, NOW) == 0
+    finally:
+        await store.close()
 
 
 async def test_sweep_keeps_records_inside_window(storage, alice, bob):
