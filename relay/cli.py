@@ -55,8 +55,9 @@ def serve() -> int:
     except ConfigError as exc:  # a path setting that start-up cannot use
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 2
-    # A database file the relay cannot even open as SQLite stops start-up
-    # too: the operator has to fix the file or DATABASE_URL.
+    # A port that cannot be bound stops start-up, and so does a database
+    # written by a newer release, whose migrations this one does not know.
+    # A database that cannot be opened does not: /health reports it.
     except (BindError, StorageUnavailable, MigrationError) as exc:
         print(f"yaok-relay: {exc}", file=sys.stderr)
         return 1

@@ -146,7 +146,9 @@ class Identity:
                 _check_private_mode(path, os.fstat(file.fileno()).st_mode)
                 text = file.read()
         except FileNotFoundError:
-            raise IdentityError(f"identity file {path} not found") from None
+            raise IdentityError(
+                f"identity file {path} not found: create it with init"
+            ) from None
         except OSError as exc:
             raise IdentityError(f"cannot read identity file {path}: {exc}") from None
         try:

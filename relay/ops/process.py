@@ -54,19 +54,24 @@ def resident_memory(mapped_paths: Collection[str]) -> ResidentMemory:
 
 
 def _mapped_rss(paths: set[str]) -> int:
-    """Sum the Rss lines of the mappings of these files in /proc/self/smaps."""
-    counted = False
+    """Sum the Rss lines of the mappings of these files in /proc/self/smaps.
+
+    The file has a header line per mapping, ending with the mapped file's
+    path, then a line per figure. Searching the bytes for the paths costs
+    a fraction of splitting every line: the relay has some 300 mappings.
+    """
+    with open("/proc/self/smaps", "rb") as smaps:
+        text = smaps.read()
     total_kib = 0
-    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
-        for line in smaps:
-            if line.startswith("Rss:"):
-                if counted:
-                    total_kib += int(line.split()[1])
-            elif not line[0].isupper():
-                # A mapping's header: "start-end perms offset dev inode [path]".
-                fields = line.rstrip("\n").split(maxsplit=5)
-                path = fields[5].removesuffix(_DELETED) if len(fields) == 6 else ""
-                counted = path in paths
+    for path in paths:
+        name = b" " + os.fsencode(path)
+        start = text.find(name)
+        while start != -1:
+            end = start + len(name)
+            if text.startswith((b"\n", _DELETED.encode() + b"\n"), end):
+                rss = text.find(b"\nRss:", end) + len(b"\nRss:")
+                total_kib += int(text[rss : text.find(b"\n", rss)].split()[0])
+            start = text.find(name, end)
     return total_kib * 1024
 
 

@@ -54,10 +54,29 @@ def wants_prometheus_text(accept: str) -> bool:
     """Tell whether an Accept header asks for Prometheus' text formats.
 
     Prometheus sends "application/openmetrics-text" and "text/plain";
-    curl and browsers send "*/*" or "text/html" and get JSON.
+    curl and browsers send "*/*" or "text/html" and get JSON. A media
+    range with q=0 is one the client refuses (RFC 9110, 12.5.1).
     """
-    accept = accept.lower()
-    return "openmetrics-text" in accept or "text/plain" in accept
+    for media_range in accept.lower().split(","):
+        media_type, *parameters = (part.strip() for part in media_range.split(";"))
+        if media_type not in _PROMETHEUS_MEDIA_TYPES:
+            continue
+        if not any(_is_zero_weight(parameter) for parameter in parameters):
+            return True
+    return False
+
+
+_PROMETHEUS_MEDIA_TYPES = ("application/openmetrics-text", "text/plain")
+
+
+def _is_zero_weight(parameter: str) -> bool:
+    name, _, value = parameter.partition("=")
+    if name.strip() != "q":
+        return False
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
 
 
 def health_text(report: HealthReport) -> bytes:

@@ -30,11 +30,16 @@ def load_or_create_relay_key(path: Path) -> tuple[X25519PrivateKey, bool]:
 def _load_or_create(path: Path) -> tuple[X25519PrivateKey, bool]:
     if not path.exists():
         return _create(path), True
+    if not path.is_file():
+        raise ConfigError(
+            f"relay key file {path} is a folder or another non-file: "
+            "set RELAY_KEY_PATH to the key file itself"
+        )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(
             f"relay key file {path} has mode {mode:04o}, readable by others: "
-            f"run chmod 600 {path}"
+            f"run chmod 600 {path} (RELAY_KEY_PATH names the file)"
         )
     text = path.read_text(encoding="ascii", errors="replace").strip()
     try:
@@ -43,9 +48,9 @@ def _load_or_create(path: Path) -> tuple[X25519PrivateKey, bool]:
         raw = b""
     if len(raw) != 32:
         raise ConfigError(
-            f"relay key file {path} does not hold 64 hex characters: "
-            "restore it from backup, or move it away to make a new key "
-            "(phones that pinned the old key will then refuse this relay)"
+            f"relay key file {path} does not hold 64 hex characters: restore "
+            "it from backup (RELAY_KEY_PATH names the file); a new key makes "
+            "phones that pinned the old one refuse this relay"
         )
     return X25519PrivateKey.from_private_bytes(raw), False
 

@@ -167,6 +167,9 @@ class SqliteStorage:
         """
         if self._writer is not None:
             raise RuntimeError("open() was already called on this storage")
+        # What /health shows while the mailboxes load, which takes seconds
+        # on a large database.
+        self.open_error = f"opening {self.path}: loading the mailboxes"
         try:
             library_limit = await asyncio.to_thread(prepare_file, self.path)
         except (sqlite3.Error, OSError) as exc:

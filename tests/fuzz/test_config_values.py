@@ -79,11 +79,19 @@ def _start_up_cases(tmp_path, taken_port: int) -> dict[str, dict[str, str]]:
     bad_key = tmp_path / "bad_key"
     bad_key.write_text("z" * 64)
     bad_key.chmod(0o600)
+    # A folder others may read must not be taken for a key with a bad mode.
+    open_directory = tmp_path / "an_open_directory"
+    open_directory.mkdir(mode=0o755)
+    open_key = tmp_path / "open_key"
+    open_key.write_text("ab" * 32)
+    open_key.chmod(0o644)
     key = str(tmp_path / "key")
     database = f"sqlite://{tmp_path / 'relay.db'}"
     return {
         "key_path_uncreatable": {"RELAY_KEY_PATH": "/proc/yaok-missing/key"},
         "key_path_directory": {"RELAY_KEY_PATH": str(directory)},
+        "key_path_open_directory": {"RELAY_KEY_PATH": str(open_directory)},
+        "key_readable_by_others": {"RELAY_KEY_PATH": str(open_key)},
         "key_not_hex": {"RELAY_KEY_PATH": str(bad_key)},
         "database_uncreatable": {
             "DATABASE_URL": "sqlite:///proc/yaok-missing/relay.db",
@@ -155,4 +163,7 @@ def test_start_up_failures_print_one_line(tmp_path):
         assert "Traceback" not in stderr, f"{name}:\n{stderr}"
         assert len(lines) == 1, f"{name}: {len(lines)} lines:\n{stderr}"
         assert lines[0].startswith("yaok-relay: "), f"{name}: {lines[0]}"
+        if name.startswith("key_"):
+            assert "RELAY_KEY_PATH" in lines[0], f"{name}: {lines[0]}"
+    assert "chmod" not in results["key_path_open_directory"][1]
     record("config_values", {"start_up_cases": sorted(results)})

@@ -1,0 +1,81 @@
+"""A connection to the ops API that never finishes its request is closed.
+
+Runs uvicorn with the relay's HTTP protocol on loopback, with the
+deadline shortened, and talks to it over real TCP sockets.
+"""
+
+import asyncio
+
+import pytest
+import uvicorn
+
+from relay.server.http_protocol import DeadlineH11Protocol
+
+DEADLINE_S = 0.3
+
+
+class ShortDeadline(DeadlineH11Protocol):
+    request_head_timeout_s = DEADLINE_S
+
+
+async def slow_app(scope, receive, send):
+    # Slower than the deadline: a request being served must not be cut off.
+    await asyncio.sleep(DEADLINE_S * 2)
+    headers = [(b"content-length", b"6")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"served"})
+
+
+@pytest.fixture
+async def server_port():
+    config = uvicorn.Config(
+        slow_app,
+        host="127.0.0.1",
+        port=0,
+        http=ShortDeadline,
+        log_config=None,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    (listener,) = server.servers
+    yield listener.sockets[0].getsockname()[1]
+    server.should_exit = True
+    await serving
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+async def test_partial_request_head_is_closed(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n")
+    await writer.drain()
+    assert await closed_within(reader, DEADLINE_S * 5)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_silent_connection_is_closed(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    assert await closed_within(reader, DEADLINE_S * 5)
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_request_slower_than_deadline_is_served(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    for _ in range(2):
+        writer.write(b"GET /health HTTP/1.1\r\nHost: relay\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.readexactly(6), 5) == b"served"
+    writer.close()
+    await writer.wait_closed()
