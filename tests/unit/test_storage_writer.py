@@ -326,6 +326,29 @@ async def test_full_database_fails_batch_then_recovers(storage):
     assert storage.index.snapshot() == await reloaded_index(storage.path)
 
 
+async def test_failed_batch_freed_without_collector(storage):
+    """A failed batch must not wait for the cycle collector to free its payloads."""
+    alice, bob = await register_users(storage, 2)
+    await storage.writer.connection.execute("PRAGMA max_page_count = 1")
+    gc.disable()
+    try:
+        futures = [
+            storage.submit_enqueue(message(alice, bob, payload=b"z" * 8_000))
+            for _ in range(20)
+        ]
+        for future in futures:
+            with pytest.raises(StorageUnavailable):
+                await future
+        watched = [weakref.ref(future) for future in futures]
+        del futures, future
+        for _ in range(3):
+            await asyncio.sleep(0)
+        alive = [ref for ref in watched if ref() is not None]
+    finally:
+        gc.enable()
+    assert alive == []
+
+
 async def test_corrupt_file_fails_open(tmp_path):
     path = tmp_path / "relay.db"
     store = await opened(path)
