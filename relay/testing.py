@@ -66,7 +66,10 @@ class RelayProcess:
 
     # --- lifecycle --------------------------------------------------------------
 
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "RelayProcess":
+    def start(
+        self, timeout_s: float = STARTUP_TIMEOUT_S, wait: bool = True
+    ) -> "RelayProcess":
+        """Start the relay; with wait, return once it logged relay_started."""
         self.directory.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, **self.environment}
         self._started.clear()
@@ -81,7 +84,7 @@ class RelayProcess:
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
-        if not self._started.wait(timeout_s):
+        if wait and not self._started.wait(timeout_s):
             self.kill()
             tail = "\n".join(self.raw_lines[-20:])
             raise RuntimeError(f"relay did not start within {timeout_s} s:\n{tail}")

@@ -165,7 +165,7 @@ class RelayServer:
         # machine), and meanwhile /health answers 503 with the reason instead
         # of leaving the platform's health check without an answer.
         self.http = await self._start_http(http_socket)
-        await self.storage_watch.open()
+        await self._open_storage_unless_stopped()
         # Phones' datagrams wait in the socket's buffer until the mailboxes
         # are loaded.
         self.transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
@@ -183,6 +183,23 @@ class RelayServer:
         # freed when their last reference goes, as the loaded mailbox index is.
         gc.freeze()
         self._log_started(key_created)
+
+    async def _open_storage_unless_stopped(self) -> None:
+        """Open the storage, or give up when SIGTERM or SIGINT comes first.
+
+        Nothing is written while the mailboxes load, so a stop can cut the
+        load short; the relay then starts without its database and shuts
+        down at once, within SHUTDOWN_TIMEOUT_S of the signal.
+        """
+        opening = asyncio.ensure_future(self.storage_watch.open())
+        stopping = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
+            log.info("storage_open_abandoned", reason=self.stop_reason)
 
     def _datagram_received(self, data: bytes, address: tuple[str, int]) -> None:
         self.core.datagram_received(data, address)

@@ -1,11 +1,13 @@
-"""HTTP connections of the ops API: uvicorn's h11 protocol with a deadline for requests.
+"""HTTP connections of the ops API: uvicorn's h11 protocol with deadlines.
 
 uvicorn closes a keep-alive connection that stays idle after a response,
-but a connection that sends part of a request and then nothing is kept
-open for good. A few thousand of them used up the relay's file
-descriptors, so /health stopped answering and the checkpointer could not
-open the database. Here each connection must deliver a whole request head
-within REQUEST_HEAD_TIMEOUT_S of opening or of its previous response.
+but not one that sends part of a request and then trickles or stops, nor
+one whose client never reads the answers. A few thousand of them used up
+the relay's file descriptors, so /health went silent and the
+checkpointer could not open the database. Here a connection must deliver
+each whole request, head and body, within REQUEST_TIMEOUT_S of opening or
+of its previous response, and a response whose writing is held up by an
+unread socket for WRITE_STALL_TIMEOUT_S ends the connection.
 """
 
 import asyncio
@@ -15,41 +17,65 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Long enough for a slow phone network or a health checker under load;
 # short enough that a stalled connection frees its descriptor soon.
-REQUEST_HEAD_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0
+WRITE_STALL_TIMEOUT_S = 10.0
+
+# The client's states in which a request is still on its way.
+_RECEIVING = (h11.IDLE, h11.SEND_BODY)
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """Closes a connection that has not sent a whole request head in time."""
+    """Closes a connection that is slow to send its request or to read its answer."""
 
-    request_head_timeout_s = REQUEST_HEAD_TIMEOUT_S
-    _head_deadline: asyncio.TimerHandle | None = None
+    request_timeout_s = REQUEST_TIMEOUT_S
+    write_stall_timeout_s = WRITE_STALL_TIMEOUT_S
+    _request_deadline: asyncio.TimerHandle | None = None
+    _write_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_deadline()
+        self._arm_request_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._arm_head_deadline()
+        self._arm_request_deadline()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_deadline()
-        super().connection_lost(exc)
-
-    def _arm_head_deadline(self) -> None:
-        self._cancel_head_deadline()
-        if not self.transport.is_closing():
-            self._head_deadline = self.loop.call_later(
-                self.request_head_timeout_s, self._head_deadline_passed
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(
+                self.write_stall_timeout_s, self._write_stalled
             )
 
-    def _cancel_head_deadline(self) -> None:
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_deadline = _cancelled(self._write_deadline)
 
-    def _head_deadline_passed(self) -> None:
-        self._head_deadline = None
-        # IDLE: h11 has not yet parsed a request head since the deadline was set.
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._request_deadline = _cancelled(self._request_deadline)
+        self._write_deadline = _cancelled(self._write_deadline)
+        super().connection_lost(exc)
+
+    def _arm_request_deadline(self) -> None:
+        self._request_deadline = _cancelled(self._request_deadline)
+        if not self.transport.is_closing():
+            self._request_deadline = self.loop.call_later(
+                self.request_timeout_s, self._request_overdue
+            )
+
+    def _request_overdue(self) -> None:
+        self._request_deadline = None
+        if self.conn.their_state in _RECEIVING and not self.transport.is_closing():
             self.transport.close()
+
+    def _write_stalled(self) -> None:
+        # abort, not close: close would wait to flush what the client never reads.
+        self._write_deadline = None
+        self.transport.abort()
+
+
+def _cancelled(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel timer if set; return None to store in its place."""
+    if timer is not None:
+        timer.cancel()
+    return None

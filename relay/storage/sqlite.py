@@ -170,6 +170,7 @@ class SqliteStorage:
         # What /health shows while the mailboxes load, which takes seconds
         # on a large database.
         self.open_error = f"opening {self.path}: loading the mailboxes"
+        log.info("storage_opening", path=str(self.path))
         try:
             library_limit = await asyncio.to_thread(prepare_file, self.path)
         except (sqlite3.Error, OSError) as exc:
@@ -186,12 +187,12 @@ class SqliteStorage:
             index = await MailboxIndex.load(write_connection, seen)
             await _load_dedup_keys(write_connection, seen)
         except (sqlite3.Error, OSError, ValueError) as exc:
-            for connection in (reader, write_connection):
-                if connection is not None:
-                    await _close_quietly(connection)
-            if database_file is not None:
-                database_file.close()
+            await _abandon(reader, write_connection, database_file)
             raise self._open_failed(exc) from exc
+        except asyncio.CancelledError:
+            # A stop during the load: each connection's thread must end too.
+            await _abandon(reader, write_connection, database_file)
+            raise
         self._file = database_file
         self._seen = seen
         self.open_error = None
@@ -630,6 +631,19 @@ async def _close_quietly(connection: aiosqlite.Connection) -> None:
         await connection.close()
     except (sqlite3.Error, ValueError) as exc:
         log.warning("database_close_failed", error=str(exc))
+
+
+async def _abandon(
+    reader: aiosqlite.Connection | None,
+    writer: aiosqlite.Connection | None,
+    database_file: DatabaseFile | None,
+) -> None:
+    """Close what an open() that did not finish had opened."""
+    for connection in (reader, writer):
+        if connection is not None:
+            await _close_quietly(connection)
+    if database_file is not None:
+        database_file.close()
 
 
 async def _load_dedup_keys(connection: aiosqlite.Connection, seen: SeenFilter) -> None:

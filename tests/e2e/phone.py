@@ -58,9 +58,12 @@ class UdpPhone:
     def waiting_events(self) -> list:
         """Return the events of the datagrams already waiting, without blocking."""
         events = []
+        # With a timeout set, Python waits for the socket to become readable
+        # before each recv, whatever the flags: MSG_DONTWAIT alone would block.
+        self.socket.setblocking(False)
         while True:
             try:
-                data = self.socket.recv(70_000, socket.MSG_DONTWAIT)
+                data = self.socket.recv(70_000)
             except BlockingIOError:
                 return events
             event = self.session.receive(data)

@@ -9,6 +9,7 @@ import pytest
 
 from relay.client.events import DrainingReceived
 from relay.protocol.constants import AckStatus
+from relay.testing import RelayProcess
 from tests.e2e.phone import UdpPhone
 from tests.e2e.traffic import Sender, drain_mailbox, wait_for_queued
 
@@ -121,3 +122,42 @@ def test_sigint_drains_like_sigterm(relay_factory):
     assert stopped["reason"] == "SIGINT"
     assert stopped["duration_ms"] <= (time.monotonic() - started) * 1000
     phone.close()
+
+
+def make_large_mailboxes(database, messages: int) -> None:
+    """Fill the mailboxes of a new database with the sqlite3 tool's SQL, fast."""
+    RelayProcess(database.parent).start().stop()
+    connection = sqlite3.connect(database)
+    connection.execute(
+        """
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO mailbox_messages (recipient_id, sender_id, message_id,
+            received_at_ms, expires_at_ms, payload, trace_id)
+        SELECT printf('recipient-%d', i % 1000), printf('sender-%d', i % 997),
+               printf('%036d', i), 1, 9e15, x'00', printf('%016x', i)
+        FROM n
+        """,
+        (messages,),
+    )
+    connection.commit()
+    connection.close()
+
+
+def test_sigterm_while_mailboxes_load_stops_at_once(tmp_path):
+    directory = tmp_path / "relay"
+    make_large_mailboxes(directory / "yaok_relay.db", 600_000)
+    relay = RelayProcess(directory, SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S)
+    relay.start(wait=False)
+    try:
+        assert relay.wait_for(lambda: relay.events("storage_opening"), 30)
+        signalled = time.monotonic()
+        relay.signal(signal.SIGTERM)
+        assert relay.wait(SHUTDOWN_TIMEOUT_S + 10) == 0
+        stopped_after_s = time.monotonic() - signalled
+    finally:
+        relay.kill()
+    assert stopped_after_s < SHUTDOWN_TIMEOUT_S
+    (abandoned,) = relay.events("storage_open_abandoned")
+    assert abandoned["reason"] == "SIGTERM"
+    assert relay.events("storage_opened") == []
+    assert relay.events("relay_stopped")[0]["reason"] == "SIGTERM"

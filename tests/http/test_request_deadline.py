@@ -15,15 +15,23 @@ DEADLINE_S = 0.3
 
 
 class ShortDeadline(DeadlineH11Protocol):
-    request_head_timeout_s = DEADLINE_S
+    request_timeout_s = DEADLINE_S
+    write_stall_timeout_s = DEADLINE_S
+
+
+LARGE_BODY = b"m" * 8 * 1024 * 1024
 
 
 async def slow_app(scope, receive, send):
-    # Slower than the deadline: a request being served must not be cut off.
-    await asyncio.sleep(DEADLINE_S * 2)
-    headers = [(b"content-length", b"6")]
+    if scope["path"] == "/large":
+        body = LARGE_BODY
+    else:
+        # Slower than the deadline: a request being served must not be cut off.
+        await asyncio.sleep(DEADLINE_S * 2)
+        body = b"served"
+    headers = [(b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": b"served"})
+    await send({"type": "http.response.body", "body": body})
 
 
 @pytest.fixture
@@ -67,6 +75,35 @@ async def test_silent_connection_is_closed(server_port):
     assert await closed_within(reader, DEADLINE_S * 5)
     writer.close()
     await writer.wait_closed()
+
+
+async def test_trickled_request_body_is_closed(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    writer.write(
+        b"GET /health HTTP/1.1\r\nHost: relay\r\nContent-Length: 100000\r\n\r\n"
+    )
+    closed = asyncio.create_task(closed_within(reader, DEADLINE_S * 10))
+    while not closed.done():
+        writer.write(b"x")
+        await asyncio.sleep(DEADLINE_S / 3)
+    # The body never finished, so the deadline passed before any answer.
+    assert closed.result()
+    writer.close()
+
+
+async def test_unread_response_ends_connection(server_port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+    writer.write(b"GET /large HTTP/1.1\r\nHost: relay\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(DEADLINE_S * 6)  # read nothing while the deadline passes
+    received = 0
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 16), 5):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    assert received < len(LARGE_BODY)
+    writer.close()
 
 
 async def test_request_slower_than_deadline_is_served(server_port):
