@@ -162,8 +162,8 @@ class RelayServer:
         self.ops = OpsState(self.core, self.storage, registry, self.started)
         # HTTP first: opening a large database reads every waiting message
         # and dedup record (6-7 s for 300,000 and 500,000 on the 2-core test
-        # machine), and meanwhile /health answers 503 with the reason instead
-        # of leaving the platform's health check without an answer.
+        # machine), and meanwhile /health returns 503 with the reason instead
+        # of leaving the platform's health check without a response.
         self.http = await self._start_http(http_socket)
         await self._open_storage_unless_stopped()
         # Phones' datagrams wait in the socket's buffer until the mailboxes
@@ -188,7 +188,7 @@ class RelayServer:
         """Open the storage, or give up when SIGTERM or SIGINT comes first.
 
         Nothing is written while the mailboxes load, so a stop can cut the
-        load short; the relay then starts without its database and shuts
+        load short. The relay then starts without its database and shuts
         down at once, within SHUTDOWN_TIMEOUT_S of the signal.
         """
         opening = asyncio.ensure_future(self.storage_watch.open())

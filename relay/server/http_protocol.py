@@ -2,7 +2,7 @@
 
 uvicorn closes a keep-alive connection that stays idle after a response,
 but not one that sends part of a request and then trickles or stops, nor
-one whose client never reads the answers. A few thousand of them used up
+one whose client never reads the responses. A few thousand of them used up
 the relay's file descriptors, so /health went silent and the
 checkpointer could not open the database. Here a connection must deliver
 each whole request, head and body, within REQUEST_TIMEOUT_S of opening or
@@ -25,7 +25,7 @@ _RECEIVING = (h11.IDLE, h11.SEND_BODY)
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """Closes a connection that is slow to send its request or to read its answer."""
+    """Closes a connection that is slow to send its request or to read the response."""
 
     request_timeout_s = REQUEST_TIMEOUT_S
     write_stall_timeout_s = WRITE_STALL_TIMEOUT_S

@@ -188,8 +188,8 @@ class GroupCommitWriter:
             await self._recover(exc, len(batch))
             _fail(batch, exc)
             # Every future's error names exc as its cause, and exc's traceback
-            # holds the frames that hold the batch: a cycle that only the
-            # collector would free, payloads included.
+            # references the frames that reference the batch: a cycle that
+            # only the collector would free, payloads included.
             exc.__traceback__ = None
             return
         except BaseException as exc:

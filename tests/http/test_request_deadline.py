@@ -86,7 +86,7 @@ async def test_trickled_request_body_is_closed(server_port):
     while not closed.done():
         writer.write(b"x")
         await asyncio.sleep(DEADLINE_S / 3)
-    # The body never finished, so the deadline passed before any answer.
+    # The body never finished, so the deadline passed before any response.
     assert closed.result()
     writer.close()
 
