@@ -19,7 +19,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
-from relay.ops.process import cpu_seconds, resident_memory
+from relay.ops.process import (
+    ResidentMemory,
+    cpu_seconds,
+    resident_memory,
+    resident_memory_bytes,
+)
 
 if TYPE_CHECKING:
     from relay.core.relay import RelayCore
@@ -96,6 +101,10 @@ def _labelled_counter(
     return family
 
 
+# Seconds a reading of the mapped files' resident pages is reused.
+MAPPED_FILES_REFRESH_S = 10.0
+
+
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=value)
 
@@ -132,6 +141,8 @@ class RelayCollector:
         self.started = started_monotonic
         self.mapped_paths = mapped_paths
         self.endpoint = endpoint
+        self._mapped_bytes = 0
+        self._mapped_read_at = float("-inf")
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
@@ -299,8 +310,22 @@ class RelayCollector:
             stats.messages_expired,
         )
 
+    def _memory(self) -> ResidentMemory:
+        """Return the resident memory, with the mapped files' part read every 10 s.
+
+        Reading that part walks the pages of every mapping: about 6 ms with
+        a fully resident 256 MiB database mapped, against 0.03 ms for the
+        total. It changes slowly, so frequent scrapes reuse it.
+        """
+        now = time.monotonic()
+        if now - self._mapped_read_at >= MAPPED_FILES_REFRESH_S:
+            self._mapped_bytes = resident_memory(self.mapped_paths).mapped_files
+            self._mapped_read_at = now
+        total = resident_memory_bytes()
+        return ResidentMemory(total, min(self._mapped_bytes, total))
+
     def _process(self) -> Iterator[Metric]:
-        memory = resident_memory(self.mapped_paths)
+        memory = self._memory()
         yield _gauge(
             "relay_cpu_usage_percent",
             "CPU used by the relay process over the last minute, percent of one core.",

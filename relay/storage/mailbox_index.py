@@ -57,6 +57,12 @@ class MailboxIndex:
     def __init__(self) -> None:
         self._mailboxes: dict[str, _Mailbox] = {}
         self.message_count = 0
+        # The earliest receive time, found by a scan of every mailbox only
+        # after the message that had it left: /health and /metrics ask for
+        # it on every request, and a scan takes about 1.4 ms per 10,000
+        # mailboxes.
+        self._oldest: int | None = None
+        self._oldest_known = True
 
     @classmethod
     async def load(
@@ -82,12 +88,14 @@ class MailboxIndex:
         for mailbox in index._mailboxes.values():
             mailbox.expiries = array("q", sorted(mailbox.expiries))
             mailbox.receptions = array("q", sorted(mailbox.receptions))
+        index._oldest_known = False
         return index
 
     def add(self, message: MessageSummary) -> None:
         mailbox = self._count_in(message)
         insort(mailbox.expiries, message.expires_at_ms)
         insort(mailbox.receptions, message.received_at_ms)
+        self._note_received(message.received_at_ms)
 
     def remove(self, message: MessageSummary) -> None:
         mailbox = self._mailboxes.get(message.recipient_id)
@@ -102,6 +110,7 @@ class MailboxIndex:
             del mailbox.per_sender[message.sender_id]
         _remove_value(mailbox.expiries, message.expires_at_ms)
         _remove_value(mailbox.receptions, message.received_at_ms)
+        self._note_gone(message.received_at_ms)
         if not mailbox.expiries:
             del self._mailboxes[message.recipient_id]
 
@@ -109,6 +118,7 @@ class MailboxIndex:
         """Forget a whole mailbox, as when its user is erased."""
         mailbox = self._mailboxes.pop(recipient_id, None)
         if mailbox is not None:
+            self._note_gone(mailbox.receptions[0])
             self.message_count -= len(mailbox.expiries)
 
     def pending_count(self, recipient_id: str, now_ms: int) -> int:
@@ -132,8 +142,21 @@ class MailboxIndex:
 
     def oldest_received_at_ms(self) -> int | None:
         """Return the earliest receive time of any stored message."""
-        firsts = [mailbox.receptions[0] for mailbox in self._mailboxes.values()]
-        return min(firsts, default=None)
+        if not self._oldest_known:
+            firsts = [mailbox.receptions[0] for mailbox in self._mailboxes.values()]
+            self._oldest = min(firsts, default=None)
+            self._oldest_known = True
+        return self._oldest
+
+    def _note_received(self, received_at_ms: int) -> None:
+        if self._oldest_known and (
+            self._oldest is None or received_at_ms < self._oldest
+        ):
+            self._oldest = received_at_ms
+
+    def _note_gone(self, received_at_ms: int) -> None:
+        if received_at_ms == self._oldest:
+            self._oldest_known = False
 
     def mailbox_count(self) -> int:
         return len(self._mailboxes)
