@@ -75,6 +75,26 @@ def _mapped_rss(paths: set[str]) -> int:
     return total_kib * 1024
 
 
+# The soft limit on open files the relay sets, within the hard limit. Each
+# ops API connection uses a descriptor until its deadline, so at the common
+# soft limit of 1,024 a burst of stalled connections from one client left
+# none for /health or the database.
+OPEN_FILES_LIMIT = 65_536
+
+
+def raise_open_files_limit(limit: int = OPEN_FILES_LIMIT) -> int:
+    """Raise the soft limit on open files toward limit; return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
 def cpu_seconds() -> float:
     """Return the CPU time, user plus system, this process has used."""
     times = os.times()

@@ -32,6 +32,7 @@ from relay.core.relay import RelayCore
 from relay.ops.logging import LogSink, LogThrottle
 from relay.ops.metrics import RelayCollector, WindowedRates, build_registry
 from relay.ops.overload import OverloadWatch
+from relay.ops.process import raise_open_files_limit
 from relay.ops.storage_metrics import StorageCollector
 from relay.server.http import OpsState, create_app
 from relay.server.http_protocol import DeadlineH11Protocol
@@ -127,6 +128,7 @@ class RelayServer:
     async def start(self) -> None:
         settings = self.settings
         self.started = time.monotonic()
+        self.open_files_limit = raise_open_files_limit()
         udp_socket = bind_socket(
             settings.relay_host,
             settings.relay_port,
@@ -160,10 +162,10 @@ class RelayServer:
         registry = build_registry(collector)
         registry.register(StorageCollector(self.storage, self.core.clock))
         self.ops = OpsState(self.core, self.storage, registry, self.started)
-        # HTTP first: opening a large database reads every waiting message
-        # and dedup record (6-7 s for 300,000 and 500,000 on the 2-core test
-        # machine), and meanwhile /health returns 503 with the reason instead
-        # of leaving the platform's health check without a response.
+        # HTTP first. Opening a large database reads every waiting message
+        # and dedup record: 6-7 s for 300,000 and 500,000 on the 2-core test
+        # machine. Meanwhile /health returns 503 with the reason instead of
+        # leaving the platform's health check without a response.
         self.http = await self._start_http(http_socket)
         await self._open_storage_unless_stopped()
         # Phones' datagrams wait in the socket's buffer until the mailboxes
@@ -240,6 +242,7 @@ class RelayServer:
             relay_key_created=key_created,
             relay_public_key=self.core.relay_public.hex(),
             max_connections=settings.max_connections,
+            open_files_limit=self.open_files_limit,
             session_timeout_s=settings.session_timeout_s,
             message_ttl_max_s=settings.message_ttl_max_s,
             max_payload_bytes=settings.max_payload_bytes,
@@ -300,6 +303,10 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         for signum in (*_STOP_SIGNALS, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+            # Ignored, not back to the default, which would end the process
+            # with the signal's own status between here and its exit: a
+            # repeated SIGTERM or a late SIGUSR1 from logrotate.
+            signal.signal(signum, signal.SIG_IGN)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_requested.is_set():

@@ -6,8 +6,10 @@ one whose client never reads the responses. A few thousand of them used up
 the relay's file descriptors, so /health went silent and the
 checkpointer could not open the database. Here a connection must deliver
 each whole request, head and body, within REQUEST_TIMEOUT_S of opening or
-of its previous response, and a response whose writing is held up by an
-unread socket for WRITE_STALL_TIMEOUT_S ends the connection.
+of its previous response. A response whose writing is held up by an
+unread socket for WRITE_STALL_TIMEOUT_S ends the connection, and so does
+a response still unsent at the request deadline. uvicorn itself closes a
+connection idle for 5 s after a response (timeout_keep_alive).
 """
 
 import asyncio
@@ -57,15 +59,20 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def _arm_request_deadline(self) -> None:
+        # Armed on a closing connection too: its close may wait for ever to
+        # flush a response that an unread socket does not take.
         self._request_deadline = _cancelled(self._request_deadline)
-        if not self.transport.is_closing():
-            self._request_deadline = self.loop.call_later(
-                self.request_timeout_s, self._request_overdue
-            )
+        self._request_deadline = self.loop.call_later(
+            self.request_timeout_s, self._request_overdue
+        )
 
     def _request_overdue(self) -> None:
         self._request_deadline = None
-        if self.conn.their_state in _RECEIVING and not self.transport.is_closing():
+        if self.transport.get_write_buffer_size():
+            # Responses still unsent after the deadline: the client is not
+            # reading, and a close would wait to flush them.
+            self.transport.abort()
+        elif self.conn.their_state in _RECEIVING and not self.transport.is_closing():
             self.transport.close()
 
     def _write_stalled(self) -> None:

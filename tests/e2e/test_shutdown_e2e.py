@@ -1,5 +1,6 @@
 """SIGTERM under load: DRAINING for every session, no acknowledged message lost."""
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -108,6 +109,19 @@ def test_repeated_sigterm_still_closes_cleanly(relay_factory):
     assert len(relay.events("relay_stopped")) == 1
     assert relay.events("relay_stopped")[0]["storage_closed"] is True
     phone.close()
+
+
+def test_sigterm_until_exit_still_exits_cleanly(relay_factory):
+    for _ in range(3):
+        relay = relay_factory(SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S + 10
+        # Up to the last moment of the process, as an impatient supervisor does.
+        while relay.process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                relay.signal(signal.SIGTERM)
+            time.sleep(0.005)
+        assert relay.wait(5) == 0
+        assert len(relay.events("relay_stopped")) == 1
 
 
 def test_sigint_drains_like_sigterm(relay_factory):
