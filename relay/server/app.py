@@ -300,17 +300,19 @@ class RelayServer:
         loop.add_signal_handler(signal.SIGUSR1, self._reopen_log)
 
     def _remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Ignored from here to the exit, not handed back to the default,
+        # which would end the process with the signal's own status: a
+        # SIGTERM repeated by an impatient supervisor, or logrotate's SIGUSR1.
+        # Not through loop.remove_signal_handler either, which restores the
+        # default first and leaves a moment in which a signal kills.
         for signum in (*_STOP_SIGNALS, signal.SIGUSR1):
-            loop.remove_signal_handler(signum)
-            # Ignored, not back to the default, which would end the process
-            # with the signal's own status between here and its exit: a
-            # repeated SIGTERM or a late SIGUSR1 from logrotate.
             signal.signal(signum, signal.SIG_IGN)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_requested.is_set():
-            log.info("shutdown_in_progress", signal=reason)
+            # A supervisor may repeat the signal thousands of times a second.
+            if (held_back := self._throttle.allow("shutdown_in_progress")) is not None:
+                log.info("shutdown_in_progress", signal=reason, held_back=held_back)
             return
         self.stop_reason = reason
         self.stop_requested.set()

@@ -111,17 +111,20 @@ def test_repeated_sigterm_still_closes_cleanly(relay_factory):
     phone.close()
 
 
-def test_sigterm_until_exit_still_exits_cleanly(relay_factory):
+@pytest.mark.parametrize("repeated", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_signals_until_exit_still_exit_cleanly(relay_factory, repeated):
     for _ in range(3):
         relay = relay_factory(SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S)
+        relay.signal(signal.SIGTERM)
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S + 10
-        # Up to the last moment of the process, as an impatient supervisor does.
+        # Without pause up to the last moment of the process, as an
+        # impatient supervisor or a looping script does.
         while relay.process.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(ProcessLookupError):
-                relay.signal(signal.SIGTERM)
-            time.sleep(0.005)
+                relay.signal(repeated)
         assert relay.wait(5) == 0
         assert len(relay.events("relay_stopped")) == 1
+        assert len(relay.events("shutdown_in_progress")) <= 2
 
 
 def test_sigint_drains_like_sigterm(relay_factory):
