@@ -51,7 +51,7 @@ def poll_budget(requested: int) -> int:
     """Return the POLL_RESPONSE datagram size a POLL's max_bytes allows.
 
     The field reaches 65,535, but no UDP datagram over IPv4 carries more
-    than MAX_DATAGRAM bytes: a fuller answer would never leave the relay.
+    than MAX_DATAGRAM bytes, so a larger response would never be sent.
     """
     if requested == 0:
         return POLL_DEFAULT_BYTES

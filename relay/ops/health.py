@@ -311,7 +311,7 @@ def evaluate(
     """Build the report; the worst finding decides the status."""
     findings = []
     if max_queue_size is not None and queue_size >= max_queue_size:
-        # Phones still fetch what waits for them; new messages are refused.
+        # Phones still fetch their waiting messages, but new ones are rejected.
         findings.append(
             (
                 DEGRADED,

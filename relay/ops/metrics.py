@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from relay.ops.process import (
     ResidentMemory,
     cpu_seconds,
-    resident_memory,
+    mapped_file_bytes,
     resident_memory_bytes,
 )
 
@@ -132,9 +132,12 @@ class RelayCollector:
         mapped_paths: Collection[str] = (),
         endpoint: "EndpointCounts | None" = None,
     ) -> None:
-        """mapped_paths are files the storage maps into memory, whose
-        resident pages are reported apart from the relay's own memory.
-        endpoint is the UDP endpoint, whose error counts are exported."""
+        """Collect from these parts of the relay.
+
+        mapped_paths are files the storage maps into memory, whose resident
+        pages are reported apart from the relay's own memory. endpoint is
+        the UDP endpoint, whose error counts are exported.
+        """
         self.core = core
         self.storage = storage
         self.rates = rates
@@ -319,7 +322,7 @@ class RelayCollector:
         """
         now = time.monotonic()
         if now - self._mapped_read_at >= MAPPED_FILES_REFRESH_S:
-            self._mapped_bytes = resident_memory(self.mapped_paths).mapped_files
+            self._mapped_bytes = mapped_file_bytes(self.mapped_paths)
             self._mapped_read_at = now
         total = resident_memory_bytes()
         return ResidentMemory(total, min(self._mapped_bytes, total))

@@ -9,7 +9,7 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # A mapping's header line in /proc/PID/smaps ends with its file's path, and
 # the kernel appends this when the file was deleted or replaced since.
-_DELETED = " (deleted)"
+_DELETED = b" (deleted)"
 
 
 class ResidentMemory(NamedTuple):
@@ -34,41 +34,39 @@ def resident_memory_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def resident_memory(mapped_paths: Collection[str]) -> ResidentMemory:
-    """Return the resident set size and how much of it maps the given files.
+def mapped_file_bytes(paths: Collection[str]) -> int:
+    """Return the resident bytes of this process's mappings of the given files.
 
     SQLite maps the database file (mmap_size), so every page a query reads
     counts in the process's RSS, up to the whole mapping. Those pages are
     the kernel's page cache: shared, clean and dropped under memory
-    pressure, unlike the heap. Reads /proc/self/smaps; where it cannot be
-    read, no pages count as mapped.
+    pressure, unlike the heap. Reads /proc/self/smaps, and returns 0 where
+    it cannot be read.
     """
-    total = resident_memory_bytes()
-    if not mapped_paths:
-        return ResidentMemory(total, 0)
+    if not paths:
+        return 0
     try:
-        mapped = _mapped_rss(set(mapped_paths))
+        with open("/proc/self/smaps", "rb") as smaps:
+            text = smaps.read()
     except OSError:
-        mapped = 0
-    return ResidentMemory(total, min(mapped, total))
+        return 0
+    return _mapped_rss(text, set(paths))
 
 
-def _mapped_rss(paths: set[str]) -> int:
-    """Sum the Rss lines of the mappings of these files in /proc/self/smaps.
+def _mapped_rss(text: bytes, paths: set[str]) -> int:
+    """Sum the Rss lines of the mappings of these files in smaps text.
 
     The file has a header line per mapping, ending with the mapped file's
     path, then a line per figure. Searching the bytes for the paths costs
     a fraction of splitting every line: the relay has some 300 mappings.
     """
-    with open("/proc/self/smaps", "rb") as smaps:
-        text = smaps.read()
     total_kib = 0
     for path in paths:
         name = b" " + os.fsencode(path)
         start = text.find(name)
         while start != -1:
             end = start + len(name)
-            if text.startswith((b"\n", _DELETED.encode() + b"\n"), end):
+            if text.startswith((b"\n", _DELETED + b"\n"), end):
                 rss = text.find(b"\nRss:", end) + len(b"\nRss:")
                 total_kib += int(text[rss : text.find(b"\n", rss)].split()[0])
             start = text.find(name, end)

@@ -27,7 +27,7 @@ _RECEIVING = (h11.IDLE, h11.SEND_BODY)
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """Closes a connection that is slow to send its request or to read the response."""
+    """An h11 connection, closed when slow to send a request or to read a response."""
 
     request_timeout_s = REQUEST_TIMEOUT_S
     write_stall_timeout_s = WRITE_STALL_TIMEOUT_S
@@ -51,17 +51,19 @@ class DeadlineH11Protocol(H11Protocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._write_deadline = _cancelled(self._write_deadline)
+        _cancel(self._write_deadline)
+        self._write_deadline = None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._request_deadline = _cancelled(self._request_deadline)
-        self._write_deadline = _cancelled(self._write_deadline)
+        _cancel(self._request_deadline)
+        _cancel(self._write_deadline)
+        self._request_deadline = self._write_deadline = None
         super().connection_lost(exc)
 
     def _arm_request_deadline(self) -> None:
         # Armed on a closing connection too: its close may wait for ever to
         # flush a response that an unread socket does not take.
-        self._request_deadline = _cancelled(self._request_deadline)
+        _cancel(self._request_deadline)
         self._request_deadline = self.loop.call_later(
             self.request_timeout_s, self._request_overdue
         )
@@ -81,8 +83,6 @@ class DeadlineH11Protocol(H11Protocol):
         self.transport.abort()
 
 
-def _cancelled(timer: asyncio.TimerHandle | None) -> None:
-    """Cancel timer if set; return None to store in its place."""
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
     if timer is not None:
         timer.cancel()
-    return None

@@ -23,11 +23,11 @@ wait for the writer's copy and its two syncs.
 
 SQLite syncs the database file at the end of a checkpoint only when no
 commit landed during it (walCheckpoint in SQLite's wal.c syncs only when
-the copied frames reach the log's current end). Under continuous
-commits no pass qualifies, so
-every page the passes copied waited in the page cache for the writer's
-checkpoint, whose sync then wrote up to the whole log's worth (about
-117 MiB) while messages waited: 35 to 117 ms on the 2-core test machine.
+the copied frames reach the log's current end). Under continuous commits
+no pass qualifies, so every page the passes copied waited in the page
+cache for the writer's checkpoint. Its sync then wrote up to the whole
+log's worth (about 117 MiB) while messages waited: 35 to 117 ms on the
+2-core test machine.
 So after every pass the checkpointer syncs the file itself, on its own
 thread, and the writer's sync finds only the pages of its own copy to
 write. A pass's result does not tell whether SQLite synced, and a sync

@@ -21,7 +21,7 @@ class QuotaCheck:
         self._admitted = 0
 
     def relay_full(self) -> bool:
-        """Return whether all mailboxes together hold the most the relay keeps."""
+        """Return whether all mailboxes together contain max_stored messages."""
         limit = self._quotas.max_stored
         return limit is not None and self._index.message_count + self._admitted >= limit
 

@@ -374,9 +374,8 @@ class SqliteStorage:
             part = await self._submit(operation)
             expired += part.expired_messages
             purged += part.purged_dedup_records
-            if max(part.expired_messages, part.purged_dedup_records) < (
-                self.sweep_chunk_rows
-            ):
+            largest = max(part.expired_messages, part.purged_dedup_records)
+            if largest < self.sweep_chunk_rows:
                 break
         if self._seen is not None:
             self._seen.after_sweep(now_ms, dedup_window_ms)

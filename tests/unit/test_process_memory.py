@@ -2,12 +2,8 @@
 
 import mmap
 import os
-import time
 
-import pytest
-
-from relay.ops.metrics import RelayCollector, WindowedRates, build_registry
-from relay.ops.process import resident_memory
+from relay.ops.process import ResidentMemory, mapped_file_bytes
 
 _MAPPED_BYTES = 8 * 1024 * 1024
 
@@ -22,46 +18,28 @@ def _map_and_touch(path) -> mmap.mmap:
     return mapping
 
 
-def test_pages_of_a_mapped_file_are_counted_apart(tmp_path):
+def test_mapped_file_pages_counted_apart(tmp_path):
     path = tmp_path / "mapped.db"
     mapping = _map_and_touch(path)
     try:
-        memory = resident_memory([str(path)])
-        other = resident_memory([str(tmp_path / "never-mapped.db")])
+        mapped = mapped_file_bytes([str(path)])
+        other = mapped_file_bytes([str(tmp_path / "never-mapped.db")])
     finally:
         mapping.close()
-    assert memory.mapped_files == _MAPPED_BYTES
-    assert memory.own == memory.total - _MAPPED_BYTES
-    assert other.mapped_files == 0
-    assert resident_memory([]).mapped_files == 0
+    assert mapped == _MAPPED_BYTES
+    assert ResidentMemory(total=100 * _MAPPED_BYTES, mapped_files=mapped).own == (
+        99 * _MAPPED_BYTES
+    )
+    assert other == 0
+    assert mapped_file_bytes([]) == 0
 
 
-def test_a_deleted_file_still_counts_while_mapped(tmp_path):
+def test_deleted_mapped_file_still_counts(tmp_path):
     path = tmp_path / "mapped.db"
     mapping = _map_and_touch(path)
     try:
         path.unlink()
-        memory = resident_memory([str(path)])
+        mapped = mapped_file_bytes([str(path)])
     finally:
         mapping.close()
-    assert memory.mapped_files == _MAPPED_BYTES
-
-
-async def test_memory_gauge_leaves_out_the_mapped_database(relay):
-    paths = relay.storage.mapped_paths()
-    collector = RelayCollector(
-        relay.core,
-        relay.storage,
-        WindowedRates(relay.core),
-        time.monotonic(),
-        mapped_paths=paths,
-    )
-    registry = build_registry(collector)
-    mapped = registry.get_sample_value("relay_database_mapped_bytes")
-    own = registry.get_sample_value("relay_memory_usage_bytes")
-    resident = registry.get_sample_value("process_resident_memory_bytes")
-    # Opening the database read its schema through the mapping.
-    assert mapped > 0
-    # The parts add up to the RSS, read a moment apart.
-    assert own + mapped == pytest.approx(resident, abs=1024 * 1024)
-    assert paths[0] == os.path.realpath(relay.storage.path)
+    assert mapped == _MAPPED_BYTES

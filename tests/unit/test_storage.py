@@ -597,8 +597,8 @@ async def test_sweep_works_through_chunks_in_turns(tmp_path):
         expiring = [message(alice, bob, expires_at_ms=NOW + 10) for _ in range(7)]
         for item in expiring:
             await store.enqueue(item)
-        kept = message(bob, alice, expires_at_ms=NOW + 1_000)
-        await store.enqueue(kept)
+        unexpired = message(bob, alice, expires_at_ms=NOW + 1_000)
+        await store.enqueue(unexpired)
         commits = store.commit_count
 
         sweep = await store.sweep(NOW + 500, dedup_window_ms=100)
@@ -608,7 +608,7 @@ async def test_sweep_works_through_chunks_in_turns(tmp_path):
         assert sweep.expired_messages == 7
         assert sweep.purged_dedup_records == 4
         assert query(store.path, "SELECT message_id FROM mailbox_messages") == [
-            (kept.message_id,)
+            (unexpired.message_id,)
         ]
         records = query(store.path, "SELECT message_id, status FROM dedup_records")
         expected = {(item.message_id, AckStatus.EXPIRED) for item in expiring}
